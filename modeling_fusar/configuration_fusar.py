@@ -1,0 +1,48 @@
+"""FUSAR-GPT configuration: a base image-text-to-text config plus the anchor module's fields."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict
+class FusarConfig(PreTrainedConfig):
+    r"""
+    base_config (`dict` or `PreTrainedConfig`):
+        The configuration of the base image-text-to-text model (Qwen2.5-VL in the paper).
+    anchor_dim (`int`, defaults to 64):
+        Length of one anchor vector: 64 for AlphaEarth, 128 for TESSERA.
+    anchor_sigma (`float`, defaults to 2.0):
+        Width of the Gaussian that spreads an anchor over the visual patch grid, in patches.
+    anchor_hidden_size (`int`, *optional*):
+        Width of the anchor MLP. Defaults to the authors' `max(128, 4 * C)`, C the language model's hidden size.
+    anchor_max_year_offset (`int`, defaults to 10):
+        Offsets between an anchor's year and the acquisition year are clipped to +-this many years before the
+        temporal attention embeds them.
+    """
+
+    model_type = "fusar_gpt"
+    sub_configs_defaults = {"base_config": SubConfigSpec(config_class=AutoConfig, model_type="qwen2_5_vl")}
+
+    base_config: dict | PreTrainedConfig | None = None
+    anchor_dim: int = 64
+    anchor_sigma: float = 2.0
+    anchor_hidden_size: int | None = None
+    anchor_max_year_offset: int = 10
+    # The base model ties its own embeddings (its config says whether); this wrapper has none of its own.
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.anchor_hidden_size is None:
+            self.anchor_hidden_size = max(128, 4 * self.base_config.get_text_config().hidden_size)
+        for name in ("anchor_dim", "anchor_hidden_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"FusarConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.anchor_sigma > 0:
+            raise ValueError(f"FusarConfig.anchor_sigma must be > 0 (grid units), got {self.anchor_sigma}")
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of the visual tokens the anchors modulate: the language model's hidden size."""
+        return self.base_config.get_text_config().hidden_size

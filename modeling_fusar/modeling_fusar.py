@@ -1,0 +1,185 @@
+"""FUSAR-GPT: a base image-text-to-text model whose visual tokens are modulated by geographic anchors.
+
+The base model is kept whole (`self.vlm`); FUSAR-GPT only changes what its visual module emits. Both
+`forward` and `generate` encode the images once with the base model's `get_image_features`, modulate
+the features with the anchors, and hand them back to the base model as `mm_encoder_outputs`: the
+library's own protocol for pre-encoded images, so no hooks and no hidden state.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import os
+import re
+
+import torch
+from torch import nn
+from transformers import AutoModelForImageTextToText, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import initialization as init
+
+from .anchor_modulation import AnchorModulation, check_anchor_inputs
+from .configuration_fusar import FusarConfig
+from .visual_grids import visual_grids
+
+ANCHOR_INPUTS = ("anchor_values", "anchor_positions", "anchor_mask", "anchor_year_offsets")
+
+
+class FusarPreTrainedModel(PreTrainedModel):
+    config: FusarConfig
+    config_class = FusarConfig
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+
+class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
+    def __init__(self, config: FusarConfig, vlm: PreTrainedModel | None = None):
+        super().__init__(config)
+        self.vlm = vlm if vlm is not None else AutoModelForImageTextToText.from_config(config.base_config)
+        config.base_config = self.vlm.config  # one object, so the two can never disagree
+        self.anchor_module = AnchorModulation(
+            anchor_dim=config.anchor_dim,
+            hidden_size=config.hidden_size,
+            mlp_hidden_size=config.anchor_hidden_size,
+            sigma=config.anchor_sigma,
+            max_year_offset=config.anchor_max_year_offset,
+        )
+        self.post_init()
+        self.generation_config = self.vlm.generation_config
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        # A fresh FUSAR-GPT is exactly its base model: gamma = beta = 0 until training moves them. (Matched on the
+        # layer itself: transformers skips modules without direct parameters when initialising custom code.)
+        if module is self.anchor_module.film[-1]:
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
+
+    @classmethod
+    def from_base(cls, base, **anchor_options) -> "FusarForConditionalGeneration":
+        """FUSAR-GPT around `base`: a model instance, its config, or a local path / Hub id of one.
+
+        `anchor_options` are `FusarConfig` fields (anchor_dim, anchor_sigma, anchor_hidden_size, ...); a path
+        or id may also take `from_pretrained` options such as `dtype`. The result computes exactly what `base`
+        computes until its anchor module is trained.
+        """
+        config_fields = {k: anchor_options.pop(k) for k in list(anchor_options) if k in FusarConfig.__dataclass_fields__}
+        if isinstance(base, (str, os.PathLike)):
+            base = AutoModelForImageTextToText.from_pretrained(base, **anchor_options)
+        elif anchor_options:
+            raise TypeError(f"unknown FUSAR-GPT options {sorted(anchor_options)}; FusarConfig fields are expected")
+        if isinstance(base, PreTrainedConfig):
+            base = AutoModelForImageTextToText.from_config(base)
+        # A copy: building a config resets its sub-configs' attention implementation, which must not reach `base`.
+        model = cls(FusarConfig(base_config=copy.deepcopy(base.config), **config_fields), vlm=base)
+        model.anchor_module.to(device=base.device, dtype=base.dtype)
+        return model
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.vlm.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.vlm.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.vlm.get_output_embeddings()
+
+    @property
+    def lora_target_modules(self) -> str:
+        """A PEFT `target_modules` regex for every linear layer of the language model, and nothing else."""
+        language_model = self.vlm.get_decoder()
+        prefix = next(name for name, module in self.named_modules() if module is language_model)
+        leaves = sorted({name.rsplit(".", 1)[-1] for name, m in language_model.named_modules() if isinstance(m, nn.Linear)})
+        return rf"{re.escape(prefix)}\..*\.({'|'.join(leaves)})"
+
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        anchor_values: torch.Tensor | None = None,
+        anchor_positions: torch.Tensor | None = None,
+        anchor_mask: torch.Tensor | None = None,
+        anchor_year_offsets: torch.Tensor | None = None,
+        **image_inputs,
+    ):
+        """The base model's image features (one `[tokens, C]` tensor per image in `.pooler_output`), modulated by
+        the anchors. Images without anchors, or whose anchors are all masked, come out unchanged."""
+        outputs = self.vlm.get_image_features(pixel_values, return_dict=True, **image_inputs)
+        features = list(outputs.pooler_output)
+        grids = visual_grids(self.config.base_config, pixel_values, **image_inputs)
+        for image, (feature, grid) in enumerate(zip(features, grids, strict=True)):
+            if feature.shape[0] != grid.num_tokens:
+                raise ValueError(f"image {image}: the visual module gave {feature.shape[0]} tokens, but its grid "
+                                 f"{grid} has {grid.num_tokens}")
+        if anchor_values is not None:
+            values, positions, mask = check_anchor_inputs(
+                anchor_values, anchor_positions, anchor_mask, self.config.anchor_dim, num_images=len(features)
+            )
+            outputs.pooler_output = self.anchor_module(features, grids, values, positions, mask, anchor_year_offsets)
+        elif anchor_positions is not None or anchor_mask is not None:
+            raise ValueError("anchor_positions / anchor_mask were given without anchor_values")
+        return outputs
+
+    def _encode_images(self, input_ids, pixel_values, anchors: dict, model_inputs: dict) -> dict:
+        """`mm_encoder_outputs` for the base model: the images encoded once, with their anchors applied."""
+        image_inputs = {k: model_inputs[k] for k in self._image_input_names if k in model_inputs}
+        features = self.get_image_features(pixel_values, **anchors, **image_inputs)
+        if input_ids is not None:
+            image_tokens = int((input_ids == self.config.base_config.image_token_id).sum())
+            feature_tokens = sum(f.shape[0] for f in features.pooler_output)
+            if image_tokens != feature_tokens:
+                raise ValueError(f"input_ids hold {image_tokens} image tokens but the images give {feature_tokens} "
+                                 "visual features; build the inputs with the model's processor")
+        return {"image": features}
+
+    @property
+    def _image_input_names(self) -> list[str]:
+        """Inputs besides `pixel_values` that the base model's image encoder reads (e.g. `image_grid_thw`)."""
+        parameters = inspect.signature(self.vlm.get_image_features).parameters
+        return [name for name in parameters if name not in ("pixel_values", "kwargs")]
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        anchor_values: torch.Tensor | None = None,
+        anchor_positions: torch.Tensor | None = None,
+        anchor_mask: torch.Tensor | None = None,
+        anchor_year_offsets: torch.Tensor | None = None,
+        mm_encoder_outputs: dict | None = None,
+        **kwargs,
+    ):
+        r"""
+        anchor_values (`torch.FloatTensor` of shape `(num_images, anchors, years, anchor_dim)`, *optional*):
+            Embedding vectors (AlphaEarth: 64-d, unit length) of each image's anchors, per year.
+        anchor_positions (`torch.FloatTensor` of shape `(num_images, anchors, 2)`, *optional*):
+            (row, col) of each anchor as a fraction of the image: 0 is the first row/column, 1 the last.
+        anchor_mask (`torch.BoolTensor` of shape `(num_images, anchors, years)`, *optional*):
+            Which (anchor, year) entries exist; padding and nodata are False. Defaults to all True.
+        anchor_year_offsets (`torch.LongTensor` of shape `(num_images, years)`, *optional*):
+            Each year's offset from the image's acquisition year. Defaults to 0.
+        """
+        if pixel_values is not None:
+            if mm_encoder_outputs is not None:
+                raise ValueError("Pass either pixel_values or mm_encoder_outputs, not both")
+            anchors = dict(anchor_values=anchor_values, anchor_positions=anchor_positions, anchor_mask=anchor_mask,
+                           anchor_year_offsets=anchor_year_offsets)
+            mm_encoder_outputs = self._encode_images(input_ids, pixel_values, anchors, kwargs)
+        elif anchor_values is not None and mm_encoder_outputs is None:
+            raise ValueError("anchor_values were given without pixel_values: anchors modulate an image's tokens")
+        return self.vlm(input_ids=input_ids, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, inputs=None, generation_config=None, **kwargs):
+        """The base model's `generate`, with the images encoded once per call and modulated by the anchors."""
+        anchors = {name: kwargs.pop(name, None) for name in ANCHOR_INPUTS}
+        pixel_values = kwargs.pop("pixel_values", None)
+        if pixel_values is not None:
+            input_ids = kwargs.get("input_ids", inputs)
+            kwargs["mm_encoder_outputs"] = self._encode_images(input_ids, pixel_values, anchors, kwargs)
+        elif anchors["anchor_values"] is not None:
+            raise ValueError("anchor_values were given without pixel_values: anchors modulate an image's tokens")
+        return self.vlm.generate(inputs, generation_config=generation_config or self.generation_config, **kwargs)

@@ -1,0 +1,140 @@
+"""Anchor sets: per image, positions in the image and one embedding vector per year; padded into a batch.
+
+Accepted per image (`as_anchor_set`): an `AnchorSet`; a dict with `values` (or the authors' `features`),
+`positions` and optional `mask` / `years`; a `(values, positions)` pair; the path of an `.npz` holding the
+same keys (the authors' files: `features` [S, 64], `positions` [S, 2] as (row, col) in [0, 1]); a dense
+embedding field [D, H, W] or [T, D, H, W] covering the image, sampled on a regular grid; or None (no anchors).
+Values are [S, D] for one year or [S, T, D]. NaN vectors without a mask are taken as nodata (masked).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@dataclass
+class AnchorSet:
+    values: np.ndarray  # [S, T, D] float32
+    positions: np.ndarray  # [S, 2] float32, (row, col) in [0, 1]
+    mask: np.ndarray  # [S, T] bool: which (anchor, year) entries exist
+    years: list[int] | None = field(default=None)  # calendar year of each of the T entries, if known
+
+    @property
+    def num_years(self) -> int:
+        return self.values.shape[1]
+
+
+def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, where: str = "anchors") -> AnchorSet:
+    """Read and validate one image's anchors; `where` names the input in error messages."""
+    if source is None:
+        return AnchorSet(np.zeros((0, 1, anchor_dim), np.float32), np.zeros((0, 2), np.float32), np.zeros((0, 1), bool))
+    if isinstance(source, AnchorSet):
+        return _validated(source.values, source.positions, source.mask, source.years, anchor_dim, where)
+    if isinstance(source, (str, os.PathLike)):
+        return _from_npz(Path(source), anchor_dim, years)
+    if isinstance(source, dict):
+        values = source.get("values", source.get("features"))
+        if values is None or "positions" not in source:
+            raise ValueError(f"{where}: a dict of anchors needs 'values' (or 'features') and 'positions', "
+                             f"got keys {sorted(source)}")
+        return _validated(values, source["positions"], source.get("mask"), source.get("years", years), anchor_dim, where)
+    if isinstance(source, tuple) and len(source) == 2:
+        return _validated(source[0], source[1], None, years, anchor_dim, where)
+    array = np.asarray(source.detach().cpu() if isinstance(source, torch.Tensor) else source)
+    if array.ndim in (3, 4):
+        return sample_field(array, anchor_dim=anchor_dim, grid_size=grid_size, years=years, where=where)
+    raise ValueError(f"{where}: cannot read anchors from {type(source).__name__} of shape {getattr(array, 'shape', None)}")
+
+
+def _from_npz(path: Path, anchor_dim: int, years) -> AnchorSet:
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable .npz anchor file ({error})") from error
+    if "positions" not in arrays or not {"features", "values"} & set(arrays):
+        raise ValueError(f"{path}: an anchor .npz needs 'features' (or 'values') and 'positions', has {sorted(arrays)}")
+    values = arrays.get("values", arrays.get("features"))
+    file_years = arrays["years"].tolist() if "years" in arrays else years
+    return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, str(path))
+
+
+def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> AnchorSet:
+    values = np.asarray(values, dtype=np.float32)
+    if values.ndim == 2:  # one year
+        values = values[:, None]
+    if mask is not None and np.ndim(mask) == 1:
+        mask = np.asarray(mask)[:, None]
+    if values.ndim != 3:
+        raise ValueError(f"{where}: anchor values must be [S, D] or [S, T, D], got shape {values.shape}")
+    if values.shape[-1] != anchor_dim:
+        raise ValueError(f"{where}: anchor vectors have {values.shape[-1]} dimensions, expected anchor_dim={anchor_dim}")
+    positions = np.asarray(positions, dtype=np.float32)
+    if positions.shape != (values.shape[0], 2):
+        raise ValueError(f"{where}: positions must be [S, 2] = {(values.shape[0], 2)}, got {positions.shape}")
+    if not (np.isfinite(positions) & (positions >= 0) & (positions <= 1)).all():
+        bad = np.argwhere(~((positions >= 0) & (positions <= 1)))[0]
+        raise ValueError(f"{where}: position of anchor {bad[0]} is {positions[bad[0]].tolist()}; positions are "
+                         "(row, col) fractions of the image in [0, 1]")
+    finite = np.isfinite(values).all(-1)
+    if mask is None:
+        mask = finite  # NaN vectors are nodata
+    else:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != values.shape[:2]:
+            raise ValueError(f"{where}: mask must be [S, T] = {values.shape[:2]}, got {mask.shape}")
+        if (mask & ~finite).any():
+            bad = np.argwhere(mask & ~finite)[0].tolist()
+            raise ValueError(f"{where}: anchor [anchor, year]={bad} has NaN or infinite values but is marked valid")
+    if years is not None and len(years) != values.shape[1]:
+        raise ValueError(f"{where}: {len(years)} years given for {values.shape[1]} years of anchor values")
+    return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions, mask,
+                     None if years is None else [int(y) for y in years])
+
+
+def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, years=None, where="field") -> AnchorSet:
+    """Anchors on a `grid_size x grid_size` grid of cell centres over a dense field [D, H, W] or [T, D, H, W]
+    that covers the image; each anchor takes the nearest field pixel (NaN pixels become masked)."""
+    field = np.asarray(field, dtype=np.float32)
+    if field.ndim == 3:
+        field = field[None]
+    if field.ndim != 4 or field.shape[1] != anchor_dim:
+        raise ValueError(f"{where}: a dense anchor field must be [D, H, W] or [T, D, H, W] with D=anchor_dim="
+                         f"{anchor_dim}, got shape {field.shape}")
+    centres = (np.arange(grid_size) + 0.5) / grid_size
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")
+    positions = np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
+    height, width = field.shape[-2:]
+    pixel_rows = np.round(positions[:, 0] * (height - 1)).astype(int)
+    pixel_cols = np.round(positions[:, 1] * (width - 1)).astype(int)
+    values = field[:, :, pixel_rows, pixel_cols].transpose(2, 0, 1)  # [S, T, D]
+    return _validated(values, positions, None, years, anchor_dim, where)
+
+
+def collate_anchor_sets(sets: list[AnchorSet], acquisition_years=None) -> dict[str, torch.Tensor]:
+    """Pad anchor sets into the model's batch tensors: anchor_values [B, S, T, D], anchor_positions [B, S, 2],
+    anchor_mask [B, S, T] and, where years and acquisition years are known, anchor_year_offsets [B, T]."""
+    batch = len(sets)
+    anchors = max([s.values.shape[0] for s in sets] + [1])
+    years = max(s.num_years for s in sets)
+    dim = sets[0].values.shape[-1]
+    values = torch.zeros(batch, anchors, years, dim)
+    positions = torch.zeros(batch, anchors, 2)
+    mask = torch.zeros(batch, anchors, years, dtype=torch.bool)
+    offsets = torch.zeros(batch, years, dtype=torch.long)
+    for i, s in enumerate(sets):
+        count, span = s.values.shape[:2]
+        values[i, :count, :span] = torch.from_numpy(s.values)
+        positions[i, :count] = torch.from_numpy(s.positions)
+        mask[i, :count, :span] = torch.from_numpy(s.mask)
+        if s.years is not None and acquisition_years is not None and acquisition_years[i] is not None:
+            offsets[i, :span] = torch.tensor(s.years) - int(acquisition_years[i])
+    batch_tensors = {"anchor_values": values, "anchor_positions": positions, "anchor_mask": mask}
+    if acquisition_years is not None:
+        batch_tensors["anchor_year_offsets"] = offsets
+    return batch_tensors

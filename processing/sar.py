@@ -1,0 +1,171 @@
+"""One function turns any SAR input into the 8-bit RGB image the model sees, at build time and at inference.
+
+- 8-bit quicklooks (PNG/JPEG, 1 or 3 channels, or uint8 arrays) pass through; one channel is repeated.
+- GeoTIFFs (read with rasterio) and arrays in dB, amplitude, intensity or complex values are converted to
+  dB, each channel clipped to its own robust range (2nd-98th percentile of the valid pixels) and scaled
+  to 0-255. Nodata and NaN pixels are left out of the range and come out black.
+- Channels, by number of polarisations (`polarizations` names them; band descriptions are read from a
+  GeoTIFF): 1 -> grey (P, P, P); 2 (co, cross: VV+VH or HH+HV) -> (co, cross, co/cross ratio in dB);
+  3 -> as given; 4 (HH, HV, VH, VV) -> (HH, mean of HV and VH, VV), or Pauli (|HH-VV|, 2|HV|, |HH+VV|)
+  for complex data.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+UNITS = ("auto", "db", "amplitude", "intensity", "complex")
+QUAD_ORDER = ("HH", "HV", "VH", "VV")
+CLIP_PERCENTILES = (2.0, 98.0)
+GEOTIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None, nodata=None) -> Image.Image:
+    """The 8-bit RGB image the model sees, from a file path, a PIL image or an array [H, W] / [H, W, C] / [C, H, W]
+    (channels last for uint8, first for radar values; a 2-D array is one channel).
+
+    `bands` picks GeoTIFF bands by 1-based index or by description (e.g. ["VV", "VH"]).
+    """
+    if isinstance(source, Image.Image):
+        return _quicklook(np.asarray(source), "the given PIL image")
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if path.suffix.lower() in GEOTIFF_SUFFIXES:
+            data, names, file_nodata = read_geotiff_bands(path, bands)
+            if data.dtype == np.uint8 and unit == "auto":
+                return _quicklook(np.moveaxis(data, 0, -1), str(path))
+            return Image.fromarray(sar_to_uint8(data, unit=unit, polarizations=polarizations or names,
+                                                nodata=nodata if nodata is not None else file_nodata))
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return _quicklook(np.asarray(image), str(path))
+        except (OSError, UnidentifiedImageError) as error:
+            raise ValueError(f"{path}: not a readable image file ({error})") from error
+    array = np.asarray(source)
+    if array.dtype == np.uint8 and unit == "auto":
+        return _quicklook(array, "the given uint8 array")
+    if array.ndim == 2:
+        array = array[None]
+    return Image.fromarray(sar_to_uint8(array, unit=unit, polarizations=polarizations, nodata=nodata))
+
+
+def read_geotiff_bands(path, bands=None):
+    """(data [C, H, W], band names or None, nodata) read with rasterio; clear errors for bad files and bands."""
+    import rasterio
+
+    try:
+        with rasterio.open(path) as dataset:
+            descriptions = [d.upper() if d else None for d in dataset.descriptions]
+            indexes = _band_indexes(path, bands, descriptions, dataset.count)
+            data = dataset.read(indexes)
+            names = [descriptions[i - 1] for i in indexes]
+            return data, (names if all(names) else None), dataset.nodata
+    except rasterio.errors.RasterioError as error:
+        raise ValueError(f"{path}: not a readable GeoTIFF ({error})") from error
+
+
+def _band_indexes(path, bands, descriptions, count) -> list[int]:
+    if bands is None:
+        return list(range(1, count + 1))
+    indexes = []
+    for band in [bands] if isinstance(bands, (str, int)) else bands:
+        if isinstance(band, str):
+            if band.upper() not in descriptions:
+                raise ValueError(f"{path}: no band named {band!r}; its bands are {descriptions}")
+            indexes.append(descriptions.index(band.upper()) + 1)
+        elif not 1 <= band <= count:
+            raise ValueError(f"{path}: band {band} does not exist; it has bands 1..{count}")
+        else:
+            indexes.append(int(band))
+    return indexes
+
+
+def _quicklook(array: np.ndarray, where: str) -> Image.Image:
+    if array.dtype != np.uint8:
+        raise ValueError(f"{where}: an 8-bit quicklook was expected, got {array.dtype}; pass unit= for radar values")
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"{where}: expected an image with 1 or 3 channels, got shape {array.shape}")
+    if array.shape[-1] == 4:  # RGBA quicklook: drop alpha
+        array = array[..., :3]
+    return Image.fromarray(np.repeat(array, 3, axis=-1) if array.shape[-1] == 1 else array, mode="RGB")
+
+
+def sar_to_uint8(data: np.ndarray, *, unit: str = "auto", polarizations=None, nodata=None) -> np.ndarray:
+    """[C, H, W] radar values -> [H, W, 3] uint8, as described in this module's docstring.
+
+    unit: "db", "amplitude", "intensity", "complex" or "auto" (complex dtype -> complex, any negative value ->
+    dB, otherwise intensity; amplitude and intensity give the same image after the per-channel stretch).
+    """
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    data = np.asarray(data)
+    if data.ndim != 3:
+        raise ValueError(f"SAR data must be [channels, height, width], got shape {data.shape}")
+    invalid = ~np.isfinite(data) if not np.iscomplexobj(data) else ~np.isfinite(data.real) | ~np.isfinite(data.imag)
+    if nodata is not None and not np.isnan(nodata):
+        invalid |= data == nodata
+    if unit == "auto":
+        unit = "complex" if np.iscomplexobj(data) else "db" if (data[~invalid] < 0).any() else "intensity"
+    names = [p.upper() for p in polarizations] if polarizations is not None else None
+    if names is not None and len(names) != data.shape[0]:
+        raise ValueError(f"{len(names)} polarisations named ({names}) for {data.shape[0]} channels")
+    if unit == "complex" and data.shape[0] == 4:
+        data, invalid = _pauli(data, names), invalid.any(0, keepdims=True).repeat(3, 0)
+        unit = "amplitude"
+    db = _to_db(np.where(invalid, np.nan, data), unit)
+    channels = _polarisation_channels(db, names)
+    valid = np.isfinite(channels)
+    out = np.zeros(channels.shape[1:] + (3,), dtype=np.uint8)
+    for c in range(3):
+        values = channels[c][valid[c]]
+        if values.size == 0:
+            continue
+        low, high = np.percentile(values, CLIP_PERCENTILES)
+        scaled = (channels[c] - low) / max(high - low, 1e-6)
+        out[..., c] = np.where(valid[c], np.round(np.clip(scaled, 0, 1) * 255), 0).astype(np.uint8)
+    return out
+
+
+def _to_db(data: np.ndarray, unit: str) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if unit == "db":
+            return data.astype(np.float64)
+        if unit == "complex":
+            data = np.abs(data) ** 2
+            unit = "intensity"
+        power = np.abs(data.astype(np.float64))
+        db = (20 if unit == "amplitude" else 10) * np.log10(power)
+    return np.where(power > 0, db, np.nan)
+
+
+def _polarisation_channels(db: np.ndarray, names) -> np.ndarray:
+    count = db.shape[0]
+    if count == 1:
+        return np.repeat(db, 3, axis=0)
+    if count == 2:
+        if names is not None and names[0] in ("VH", "HV"):  # put the co-polarised channel first
+            db = db[::-1]
+        return np.stack([db[0], db[1], db[0] - db[1]])
+    if count == 3:
+        return db
+    if count == 4:
+        hh, hv, vh, vv = (db[i] for i in _quad_order(names))
+        return np.stack([hh, (hv + vh) / 2, vv])
+    raise ValueError(f"expected 1 to 4 polarisation channels, got {count}")
+
+
+def _pauli(data: np.ndarray, names) -> np.ndarray:
+    hh, hv, vh, vv = (data[i] for i in _quad_order(names))
+    return np.stack([np.abs(hh - vv), np.abs(hv + vh), np.abs(hh + vv)])
+
+
+def _quad_order(names) -> list[int]:
+    """Channel indexes of HH, HV, VH, VV: by name when named, else as given."""
+    return [names.index(p) for p in QUAD_ORDER] if names is not None and set(names) == set(QUAD_ORDER) else [0, 1, 2, 3]
