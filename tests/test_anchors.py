@@ -1,0 +1,92 @@
+"""Anchor sets from arrays, dicts, the authors' .npz files and dense fields; validation; batching."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import build, random_anchors, random_image
+from processing import as_anchor_set, collate_anchor_sets, sample_field
+
+
+def test_the_authors_npz_format(tmp_path):
+    features = np.random.default_rng(0).normal(size=(16, 64)).astype(np.float32)
+    positions = np.random.default_rng(1).uniform(size=(16, 2)).astype(np.float32)
+    np.savez(tmp_path / "sample.npz", features=features, positions=positions)
+    anchors = as_anchor_set(tmp_path / "sample.npz", anchor_dim=64)
+    assert anchors.values.shape == (16, 1, 64) and np.array_equal(anchors.values[:, 0], features)
+    assert np.array_equal(anchors.positions, positions) and anchors.mask.all()
+
+
+def test_npz_without_the_expected_keys(tmp_path):
+    np.savez(tmp_path / "odd.npz", vectors=np.zeros((3, 64)))
+    with pytest.raises(ValueError, match=r"odd.npz: an anchor .npz needs 'features' \(or 'values'\) and 'positions'"):
+        as_anchor_set(tmp_path / "odd.npz", anchor_dim=64)
+    (tmp_path / "junk.npz").write_bytes(b"not a zip file")
+    with pytest.raises(ValueError, match="junk.npz: not a readable .npz"):
+        as_anchor_set(tmp_path / "junk.npz", anchor_dim=64)
+
+
+def test_nan_vectors_without_a_mask_are_nodata():
+    values = np.random.default_rng(0).normal(size=(4, 2, 8)).astype(np.float32)
+    values[1, 0] = np.nan
+    anchors = as_anchor_set({"values": values, "positions": np.full((4, 2), 0.5), "years": [2020, 2021]}, anchor_dim=8)
+    assert anchors.mask.tolist() == [[True, True], [False, True], [True, True], [True, True]]
+    assert np.isfinite(anchors.values).all() and anchors.years == [2020, 2021]
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ({"values": np.zeros((3, 32)), "positions": np.zeros((3, 2))}, "have 32 dimensions, expected anchor_dim=64"),
+        ({"values": np.zeros((3, 64)), "positions": np.full((3, 2), 1.2)}, r"position of anchor 0 is \[1.2"),
+        ({"values": np.zeros((3, 64)), "positions": np.zeros((2, 2))}, "positions must be"),
+        ({"values": np.full((3, 64), np.nan), "positions": np.zeros((3, 2)), "mask": np.ones(3, bool)}, "marked valid"),
+        ({"features": np.zeros((3, 64))}, "needs 'values' \\(or 'features'\\) and 'positions'"),
+        (np.zeros((5, 64)), "cannot read anchors"),
+    ],
+)
+def test_bad_anchor_sets_name_the_problem(source, message):
+    with pytest.raises(ValueError, match=message):
+        as_anchor_set(source, anchor_dim=64, where="anchors[0]")
+
+
+def test_dense_field_sampled_on_a_grid():
+    field = np.arange(2 * 3 * 9 * 9, dtype=np.float32).reshape(2, 3, 9, 9)  # [T, D, H, W]
+    field[1, :, 0, 0] = np.nan
+    anchors = sample_field(field, anchor_dim=3, grid_size=3, years=[2023, 2024])
+    assert anchors.values.shape == (9, 2, 3)
+    np.testing.assert_allclose(anchors.positions[:3], [[1 / 6, 1 / 6], [1 / 6, 0.5], [1 / 6, 5 / 6]])
+    # centre anchor (0.5, 0.5) -> field pixel (4, 4)
+    assert np.array_equal(anchors.values[4, 0], field[0, :, 4, 4])
+    assert anchors.mask[:, 0].all() and anchors.mask[:, 1].all()  # (0, 0) is not sampled with 3x3 centres
+    with pytest.raises(ValueError, match="D=anchor_dim=64"):
+        sample_field(field, anchor_dim=64)
+
+
+def test_collate_pads_and_masks():
+    sets = [as_anchor_set(random_anchors(0, 3), anchor_dim=64), as_anchor_set(None, anchor_dim=64),
+            as_anchor_set({**random_anchors(1, 5, years=2), "years": [2020, 2024]}, anchor_dim=64)]
+    batch = collate_anchor_sets(sets, acquisition_years=[2022, None, 2023])
+    assert batch["anchor_values"].shape == (3, 5, 2, 64)
+    assert batch["anchor_mask"].sum(dim=(1, 2)).tolist() == [3, 0, 10]
+    assert batch["anchor_year_offsets"].tolist() == [[0, 0], [0, 0], [-3, 1]]
+
+
+def test_processor_anchor_count_must_match_images(tokenizers):
+    _, processor = build(tokenizers, "llava")
+    with pytest.raises(ValueError, match="anchors for 2 images but 1 images"):
+        processor(images=[random_image(0)], text=["<image>"], anchors=[None, None])
+
+
+def test_processor_round_trip_keeps_its_options(tokenizers, tmp_path):
+    from transformers import AutoProcessor
+
+    _, processor = build(tokenizers, "qwen2_5_vl")
+    processor.anchor_grid_size, processor.image_size = 4, 84
+    processor.save_pretrained(tmp_path)
+    loaded = AutoProcessor.from_pretrained(tmp_path)
+    assert (loaded.anchor_grid_size, loaded.image_size, loaded.base_processor_class) == (4, 84, "Qwen2_5_VLProcessor")
+    inputs = loaded(images=[random_image(0, 50, 70)], text=["<|vision_start|><|image_pad|><|vision_end|>"],
+                    anchors=[np.zeros((64, 10, 10), np.float32)], return_tensors="pt")
+    assert inputs["anchor_values"].shape == (1, 16, 1, 64)
+    assert torch.equal(inputs["image_grid_thw"], torch.tensor([[1, 6, 6]]))  # resized to 84 x 84 first
