@@ -135,9 +135,9 @@ class AnchorModulation(nn.Module):
             index = torch.tensor(images, device=film.device)
             weights = self.token_weights(grid, positions[index], valid[index])
             gamma, beta = (weights.transpose(1, 2) @ film[index].float()).chunk(2, dim=-1)
-            tokens = torch.stack([features[image] for image in images])
-            lead, grid_tokens = tokens[:, : grid.leading_tokens], tokens[:, grid.leading_tokens :]
-            grid_tokens = grid_tokens * (1 + gamma.to(tokens.dtype)) + beta.to(tokens.dtype)
+            tokens = torch.stack([features[image][grid.leading_tokens :] for image in images])
+            tokens = tokens * (1 + gamma.to(tokens.dtype)) + beta.to(tokens.dtype)
             for row, image in enumerate(images):
-                modulated[image] = torch.cat([lead[row], grid_tokens[row]])
+                lead = features[image][: grid.leading_tokens]
+                modulated[image] = torch.cat([lead, tokens[row]]) if grid.leading_tokens else tokens[row]
         return modulated

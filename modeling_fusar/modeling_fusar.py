@@ -182,4 +182,6 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             kwargs["mm_encoder_outputs"] = self._encode_images(input_ids, pixel_values, anchors, kwargs)
         elif anchors["anchor_values"] is not None:
             raise ValueError("anchor_values were given without pixel_values: anchors modulate an image's tokens")
-        return self.vlm.generate(inputs, generation_config=generation_config or self.generation_config, **kwargs)
+        # The wrapper's generation config is the one that checkpoints and users set.
+        self.vlm.generation_config = self.generation_config
+        return self.vlm.generate(inputs, generation_config=generation_config, **kwargs)

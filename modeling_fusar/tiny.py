@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from processing.base import image_only
 from transformers import (
-    CLIPImageProcessor,
+    CLIPImageProcessorPil,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
@@ -67,7 +67,8 @@ def train_tokenizer(
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=special, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     bpe.train_from_iterator(corpus, trainer=trainer)
     if family == "qwen2_5_vl":
@@ -128,7 +129,7 @@ def tiny_llava(tokenizer, hidden_size: int = 64, layers: int = 2, vision_hidden:
         ),
         image_token_id=ids("<image>"), vision_feature_layer=-1, vision_feature_select_strategy="default",
     )
-    image_processor = CLIPImageProcessor(
+    image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
     processor = LlavaProcessor(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 
+import numpy as np
 import transformers
 from PIL import Image
 from transformers import ProcessorMixin
@@ -65,18 +66,26 @@ class FusarProcessor(ProcessorMixin):
     def __call__(self, images=None, text=None, anchors=None, acquisition_years=None, **kwargs) -> BatchFeature:
         """Tokenise `text` and preprocess `images` (any SAR input `load_sar_image` reads) with the base processor;
         with `anchors` (one entry per image, see `processing.anchors.as_anchor_set`), add the anchor tensors."""
-        if images is not None:
-            images = [self.model_image(image) for image in (images if isinstance(images, (list, tuple)) else [images])]
+        images = None if images is None else self._model_images(images)
         inputs = self.base_processor(images=images, text=text, **kwargs)
         if anchors is not None:
             anchors = list(anchors) if isinstance(anchors, (list, tuple)) else [anchors]
-            if images is None or len(anchors) != len(images):
-                raise ValueError(f"got anchors for {len(anchors)} images but {0 if images is None else len(images)} "
-                                 "images; give one anchor entry (or None) per image")
+            count = len(list(_flat(images)))
+            if len(anchors) != count:
+                raise ValueError(f"got anchors for {len(anchors)} images but {count} images; give one anchor entry "
+                                 "(or None) per image")
             sets = [as_anchor_set(a, anchor_dim=self.anchor_dim, grid_size=self.anchor_grid_size, where=f"anchors[{i}]")
                     for i, a in enumerate(anchors)]
             inputs.update(collate_anchor_sets(sets, acquisition_years))
         return inputs
+
+    def _model_images(self, images):
+        """`model_image` over one image or (nested) lists of them, keeping the nesting the base processor reads."""
+        if isinstance(images, (list, tuple)):
+            return [self._model_images(image) for image in images]
+        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:  # a batch of quicklooks
+            return [self.model_image(image) for image in images]
+        return self.model_image(images)
 
     def model_image(self, image) -> Image.Image:
         """The 8-bit RGB image the model sees for any SAR input, at the processor's `image_size` if it has one."""
@@ -97,3 +106,8 @@ class FusarProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return self.base_processor.model_input_names + ANCHOR_INPUT_NAMES
+
+
+def _flat(images):
+    for image in images if isinstance(images, list) else [images]:
+        yield from _flat(image) if isinstance(image, list) else [image]
