@@ -13,5 +13,6 @@ AutoProcessor.register(FusarConfig, FusarProcessor, exist_ok=True)
 # A saved checkpoint carries these files, so it also loads with trust_remote_code=True where this package is absent.
 FusarConfig.register_for_auto_class()
 FusarForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
+FusarProcessor.register_for_auto_class()
 
 __all__ = ["FusarConfig", "FusarForConditionalGeneration"]

@@ -67,7 +67,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         or id may also take `from_pretrained` options such as `dtype`. The result computes exactly what `base`
         computes until its anchor module is trained.
         """
-        config_fields = {k: anchor_options.pop(k) for k in list(anchor_options) if k in FusarConfig.__dataclass_fields__}
+        own_fields = FusarConfig.__dataclass_fields__.keys() - PreTrainedConfig.__dataclass_fields__.keys()
+        config_fields = {k: anchor_options.pop(k) for k in list(anchor_options) if k in own_fields}
         if isinstance(base, (str, os.PathLike)):
             base = AutoModelForImageTextToText.from_pretrained(base, **anchor_options)
         elif anchor_options:
