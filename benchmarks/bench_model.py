@@ -25,17 +25,6 @@ from modeling_fusar.tiny import tiny_qwen2_5_vl, train_tokenizer
 from processing import FusarProcessor
 
 
-def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def interleaved(fns: dict, repeats: int) -> dict:
     """Median seconds of each function, run alternately so that machine noise hits all of them alike."""
     for fn in fns.values():
@@ -134,7 +123,6 @@ def main():
     parser.add_argument("--quick", action="store_true", help="few repeats, smaller model: a smoke run")
     args = parser.parse_args()
     torch.manual_seed(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     hidden, layers, repeats = (128, 2, 3) if args.quick else (512, 4, 15)
     base, base_processor = tiny_qwen2_5_vl(train_tokenizer(), hidden_size=hidden, layers=layers, vision_hidden=256,
                                            vision_depth=4, min_pixels=224 * 224, max_pixels=224 * 224)

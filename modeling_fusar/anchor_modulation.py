@@ -21,11 +21,12 @@ from .visual_grids import VisualGrid
 WEIGHT_EPS = 1e-6
 
 
-def check_anchor_inputs(values, positions, mask, anchor_dim: int, num_images: int):
-    """Validate the three anchor tensors and return them with masked-out values zeroed and a bool mask.
+def check_anchor_inputs(values, positions, mask, anchor_dim: int, num_images: int, year_offsets=None):
+    """Validate the anchor tensors and return values, positions and mask with masked-out entries zeroed.
 
     values [B, S, T, D] float, positions [B, S, 2] (row, col) in [0, 1], mask [B, S, T] bool (default: all
-    True). Masked-out entries may hold anything, NaN included: they never reach the model.
+    True), year_offsets [B, T] integer or None. Masked-out entries may hold anything, NaN included: they never
+    reach the model.
     """
     if values.dim() != 4:
         raise ValueError(f"anchor_values must be [images, anchors, years, anchor_dim], got shape {tuple(values.shape)}")
@@ -43,6 +44,9 @@ def check_anchor_inputs(values, positions, mask, anchor_dim: int, num_images: in
         raise ValueError(f"anchor_mask must have shape {(images, anchors, years)} to match anchor_values, got "
                          f"{tuple(mask.shape)}")
     mask = mask.bool()
+    if year_offsets is not None and (tuple(year_offsets.shape) != (images, years) or year_offsets.is_floating_point()):
+        raise ValueError(f"anchor_year_offsets must be integers of shape {(images, years)} (years after acquisition "
+                         f"per image and year), got {year_offsets.dtype} {tuple(year_offsets.shape)}")
     if not torch.isfinite(values[mask]).all():
         bad = (~torch.isfinite(values) & mask[..., None]).nonzero()[0].tolist()
         raise ValueError(f"anchor_values has a NaN or infinite value at [image, anchor, year, dim]={bad}, "
@@ -136,7 +140,7 @@ class AnchorModulation(nn.Module):
             weights = self.token_weights(grid, positions[index], valid[index])
             gamma, beta = (weights.transpose(1, 2) @ film[index].float()).chunk(2, dim=-1)
             tokens = torch.stack([features[image][grid.leading_tokens :] for image in images])
-            tokens = tokens * (1 + gamma.to(tokens.dtype)) + beta.to(tokens.dtype)
+            tokens = tokens * (1 + gamma.to(tokens)) + beta.to(tokens)
             for row, image in enumerate(images):
                 lead = features[image][: grid.leading_tokens]
                 modulated[image] = torch.cat([lead, tokens[row]]) if grid.leading_tokens else tokens[row]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -51,15 +52,39 @@ def read_film_mlp(tlm_dir: Path, anchor_dim: int, mlp_hidden: int, hidden_size: 
     return state
 
 
+# Adapters trained before transformers 4.52 name Qwen2.5-VL's language model `model.layers` and its vision tower
+# `visual`; today they are `model.language_model.layers` and `model.visual`. Keys already in today's layout pass.
+LEGACY_QWEN_VL_KEYS = {r"^model\.(?!language_model\.|visual\.)": "model.language_model.", r"^visual\.": "model.visual."}
+
+
+def merge_adapter(vlm, adapter: str):
+    """The authors' LoRA adapter merged into `vlm`; every adapter weight must find its layer."""
+    from peft import PeftConfig, get_peft_model
+    from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+    model = get_peft_model(vlm, PeftConfig.from_pretrained(adapter))
+    prefix = "base_model.model."
+    weights = {}
+    for key, value in load_peft_weights(adapter).items():
+        inner = key.removeprefix(prefix)
+        for pattern, replacement in LEGACY_QWEN_VL_KEYS.items():
+            inner = re.sub(pattern, replacement, inner)
+        weights[prefix + inner] = value
+    result = set_peft_model_state_dict(model, weights)
+    missing = [key for key in result.missing_keys if "lora_" in key]
+    if result.unexpected_keys or missing:
+        raise ValueError(f"{adapter}: the adapter does not fit the base model: weights without a layer "
+                         f"{result.unexpected_keys[:3]}, layers without weights {missing[:3]}")
+    return model.merge_and_unload()
+
+
 def convert(base: str, tlm_dir: str | Path, output: str | Path, adapter: str | None = None,
             dtype: torch.dtype | str = "auto") -> FusarForConditionalGeneration:
     tlm_dir = Path(tlm_dir)
     tlm = read_tlm_config(tlm_dir)
     vlm = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
     if adapter is not None:
-        from peft import PeftModel
-
-        vlm = PeftModel.from_pretrained(vlm, adapter).merge_and_unload()
+        vlm = merge_adapter(vlm, adapter)
     hidden_size = vlm.config.get_text_config().hidden_size
     mlp_hidden = max(128, int(tlm["hidden_mult"]) * hidden_size)  # the authors' rule
     state = read_film_mlp(tlm_dir, int(tlm["vec_dim"]), mlp_hidden, hidden_size)

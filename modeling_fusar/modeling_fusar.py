@@ -75,7 +75,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             raise TypeError(f"unknown FUSAR-GPT options {sorted(anchor_options)}; FusarConfig fields are expected")
         if isinstance(base, PreTrainedConfig):
             base = AutoModelForImageTextToText.from_config(base)
-        # A copy: building a config resets its sub-configs' attention implementation, which must not reach `base`.
+        # Built on a copy: building a config resets its sub-configs' attention implementation, which must not reach
+        # `base`. (`__init__` then shares base.config itself.)
         model = cls(FusarConfig(base_config=copy.deepcopy(base.config), **config_fields), vlm=base)
         model.anchor_module.to(device=base.device, dtype=base.dtype)
         return model
@@ -116,9 +117,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
                 raise ValueError(f"image {image}: the visual module gave {feature.shape[0]} tokens, but its grid "
                                  f"{grid} has {grid.num_tokens}")
         if anchor_values is not None:
-            values, positions, mask = check_anchor_inputs(
-                anchor_values, anchor_positions, anchor_mask, self.config.anchor_dim, num_images=len(features)
-            )
+            values, positions, mask = check_anchor_inputs(anchor_values, anchor_positions, anchor_mask,
+                                                          self.config.anchor_dim, len(features), anchor_year_offsets)
             outputs.pooler_output = self.anchor_module(features, grids, values, positions, mask, anchor_year_offsets)
         elif anchor_positions is not None or anchor_mask is not None:
             raise ValueError("anchor_positions / anchor_mask were given without anchor_values")
@@ -169,8 +169,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             anchors = dict(anchor_values=anchor_values, anchor_positions=anchor_positions, anchor_mask=anchor_mask,
                            anchor_year_offsets=anchor_year_offsets)
             mm_encoder_outputs = self._encode_images(input_ids, pixel_values, anchors, kwargs)
-        elif anchor_values is not None and mm_encoder_outputs is None:
-            raise ValueError("anchor_values were given without pixel_values: anchors modulate an image's tokens")
+        elif anchor_values is not None:
+            raise ValueError("anchor_values need pixel_values: anchors modulate an image's tokens as it is encoded "
+                             "(pre-encoded mm_encoder_outputs are used as given)")
         return self.vlm(input_ids=input_ids, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
 
     @torch.no_grad()
@@ -182,7 +183,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             input_ids = kwargs.get("input_ids", inputs)
             kwargs["mm_encoder_outputs"] = self._encode_images(input_ids, pixel_values, anchors, kwargs)
         elif anchors["anchor_values"] is not None:
-            raise ValueError("anchor_values were given without pixel_values: anchors modulate an image's tokens")
-        # The wrapper's generation config is the one that checkpoints and users set.
-        self.vlm.generation_config = self.generation_config
-        return self.vlm.generate(inputs, generation_config=generation_config, **kwargs)
+            raise ValueError("anchor_values need pixel_values: anchors modulate an image's tokens as it is encoded")
+        # The wrapper's generation config (the one checkpoints and users set) with this call's settings applied.
+        generation_config = copy.deepcopy(generation_config or self.generation_config)
+        model_kwargs = generation_config.update(**kwargs)
+        return self.vlm.generate(inputs, generation_config=generation_config, **model_kwargs)

@@ -28,6 +28,15 @@ class AnchorSet:
     def num_years(self) -> int:
         return self.values.shape[1]
 
+    def cropped(self, top: int, left: int, size: tuple[int, int], image_size: tuple[int, int]) -> "AnchorSet":
+        """The same anchors on a crop (`size` = height, width at `top`, `left`) of an image of `image_size` pixels;
+        anchors that fall outside the crop are masked."""
+        pixels = self.positions * (np.array(image_size) - 1)
+        inside = (pixels - (top, left)) / np.maximum(np.array(size) - 1, 1)
+        kept = ((inside >= 0) & (inside <= 1)).all(-1)
+        positions = np.where(kept[:, None], inside, 0).astype(np.float32)
+        return AnchorSet(self.values * kept[:, None, None], positions, self.mask & kept[:, None], self.years)
+
 
 def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, where: str = "anchors") -> AnchorSet:
     """Read and validate one image's anchors; `where` names the input in error messages."""
@@ -77,10 +86,6 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
     positions = np.asarray(positions, dtype=np.float32)
     if positions.shape != (values.shape[0], 2):
         raise ValueError(f"{where}: positions must be [S, 2] = {(values.shape[0], 2)}, got {positions.shape}")
-    if not (np.isfinite(positions) & (positions >= 0) & (positions <= 1)).all():
-        bad = np.argwhere(~((positions >= 0) & (positions <= 1)))[0]
-        raise ValueError(f"{where}: position of anchor {bad[0]} is {positions[bad[0]].tolist()}; positions are "
-                         "(row, col) fractions of the image in [0, 1]")
     finite = np.isfinite(values).all(-1)
     if mask is None:
         mask = finite  # NaN vectors are nodata
@@ -91,10 +96,16 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
         if (mask & ~finite).any():
             bad = np.argwhere(mask & ~finite)[0].tolist()
             raise ValueError(f"{where}: anchor [anchor, year]={bad} has NaN or infinite values but is marked valid")
+    used = mask.any(-1)
+    outside = used & ~((positions >= 0) & (positions <= 1)).all(-1)  # NaN fails too
+    if outside.any():
+        bad = int(np.argmax(outside))
+        raise ValueError(f"{where}: position of anchor {bad} is {positions[bad].tolist()}; positions are (row, col) "
+                         "fractions of the image in [0, 1]")
     if years is not None and len(years) != values.shape[1]:
         raise ValueError(f"{where}: {len(years)} years given for {values.shape[1]} years of anchor values")
-    return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions, mask,
-                     None if years is None else [int(y) for y in years])
+    return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), np.where(used[:, None], positions, 0),
+                     mask, None if years is None else [int(y) for y in years])
 
 
 def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, years=None, where="field") -> AnchorSet:

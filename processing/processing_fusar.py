@@ -63,36 +63,48 @@ class FusarProcessor(ProcessorMixin):
         return cls(base_processor.image_processor, base_processor.tokenizer, chat_template=base_processor.chat_template,
                    base_processor_class=type(base_processor).__name__, base_processor_kwargs=kwargs, **options)
 
-    def __call__(self, images=None, text=None, anchors=None, acquisition_years=None, **kwargs) -> BatchFeature:
-        """Tokenise `text` and preprocess `images` (any SAR input `load_sar_image` reads) with the base processor;
-        with `anchors` (one entry per image, see `processing.anchors.as_anchor_set`), add the anchor tensors."""
-        images = None if images is None else self._model_images(images)
+    def __call__(self, images=None, text=None, anchors=None, acquisition_years=None, sar_options=None,
+                 **kwargs) -> BatchFeature:
+        """Tokenise `text` and preprocess `images` with the base processor.
+
+        images: any SAR input `processing.sar.load_sar_image` reads (`sar_options` are its keyword arguments:
+            unit, bands, polarizations, nodata), or nested lists of them as the base processor takes.
+        anchors: one entry (or None) per image, anything `processing.anchors.as_anchor_set` reads; adds the anchor
+            tensors. `acquisition_years` (one per image) turn the anchors' years into `anchor_year_offsets`.
+        """
+        crops = []  # per image in order: (top, left, size, image size) of the central square, or None
+        if images is not None:
+            images = _map_images(images, lambda image: self._model_image(image, sar_options or {}, crops))
         inputs = self.base_processor(images=images, text=text, **kwargs)
         if anchors is not None:
             anchors = list(anchors) if isinstance(anchors, (list, tuple)) else [anchors]
-            count = len(list(_flat(images)))
-            if len(anchors) != count:
-                raise ValueError(f"got anchors for {len(anchors)} images but {count} images; give one anchor entry "
-                                 "(or None) per image")
+            if len(anchors) != len(crops):
+                raise ValueError(f"got anchors for {len(anchors)} images but {len(crops)} images; give one anchor "
+                                 "entry (or None) per image")
             sets = [as_anchor_set(a, anchor_dim=self.anchor_dim, grid_size=self.anchor_grid_size, where=f"anchors[{i}]")
                     for i, a in enumerate(anchors)]
+            sets = [s if crop is None else s.cropped(*crop) for s, crop in zip(sets, crops)]
             inputs.update(collate_anchor_sets(sets, acquisition_years))
         return inputs
 
-    def _model_images(self, images):
-        """`model_image` over one image or (nested) lists of them, keeping the nesting the base processor reads."""
-        if isinstance(images, (list, tuple)):
-            return [self._model_images(image) for image in images]
-        if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:  # a batch of quicklooks
-            return [self.model_image(image) for image in images]
-        return self.model_image(images)
-
-    def model_image(self, image) -> Image.Image:
+    def model_image(self, image, **sar_options) -> Image.Image:
         """The 8-bit RGB image the model sees for any SAR input, at the processor's `image_size` if it has one."""
-        image = load_sar_image(image)
+        image = load_sar_image(image, **sar_options)
         if self.image_size is not None and image.size != (self.image_size, self.image_size):
             image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
         return image
+
+    def _model_image(self, image, sar_options: dict, crops: list) -> Image.Image:
+        """`model_image`, cut to its central square first when the base processor would crop that anyway (CLIP-style
+        resize-then-centre-crop): doing it here tells the anchors where the image went."""
+        image = self.model_image(image, **sar_options)
+        if not getattr(self.image_processor, "do_center_crop", False) or image.width == image.height:
+            crops.append(None)
+            return image
+        side = min(image.size)
+        top, left = (image.height - side) // 2, (image.width - side) // 2
+        crops.append((top, left, (side, side), (image.height, image.width)))
+        return image.crop((left, top, left + side, top + side))
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -108,6 +120,10 @@ class FusarProcessor(ProcessorMixin):
         return self.base_processor.model_input_names + ANCHOR_INPUT_NAMES
 
 
-def _flat(images):
-    for image in images if isinstance(images, list) else [images]:
-        yield from _flat(image) if isinstance(image, list) else [image]
+def _map_images(images, function):
+    """`function` over one image or (nested) lists of them, keeping the nesting the base processor reads."""
+    if isinstance(images, (list, tuple)):
+        return [_map_images(image, function) for image in images]
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8 and images.ndim == 4:  # a batch of quicklooks
+        return [function(image) for image in images]
+    return function(images)

@@ -1,6 +1,7 @@
 """One function turns any SAR input into the 8-bit RGB image the model sees, at build time and at inference.
 
-- 8-bit quicklooks (PNG/JPEG, 1 or 3 channels, or uint8 arrays) pass through; one channel is repeated.
+- 8-bit quicklooks (PNG/JPEG, 1 or 3 channels, or uint8 arrays) pass through; one channel is repeated, other
+  8-bit modes (palette, CMYK, ...) are converted to RGB. 16-bit and float images hold radar values.
 - GeoTIFFs (read with rasterio) and arrays in dB, amplitude, intensity or complex values are converted to
   dB, each channel clipped to its own robust range (2nd-98th percentile of the valid pixels) and scaled
   to 0-255. Nodata and NaN pixels are left out of the range and come out black.
@@ -31,7 +32,7 @@ def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None
     `bands` picks GeoTIFF bands by 1-based index or by description (e.g. ["VV", "VH"]).
     """
     if isinstance(source, Image.Image):
-        return _quicklook(np.asarray(source), "the given PIL image")
+        return _from_pil(source, "the given PIL image", unit)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix.lower() in GEOTIFF_SUFFIXES:
@@ -43,7 +44,7 @@ def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None
         try:
             with Image.open(path) as image:
                 image.load()
-                return _quicklook(np.asarray(image), str(path))
+                return _from_pil(image, str(path), unit)
         except (OSError, UnidentifiedImageError) as error:
             raise ValueError(f"{path}: not a readable image file ({error})") from error
     array = np.asarray(source)
@@ -85,6 +86,15 @@ def _band_indexes(path, bands, descriptions, count) -> list[int]:
     return indexes
 
 
+def _from_pil(image: Image.Image, where: str, unit: str) -> Image.Image:
+    """8-bit PIL modes are quicklooks (palette, CMYK, ... converted to RGB); 16-bit and float ones hold radar values."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return Image.fromarray(sar_to_uint8(np.asarray(image, dtype=np.float64)[None], unit=unit))
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    return _quicklook(np.asarray(image), where)
+
+
 def _quicklook(array: np.ndarray, where: str) -> Image.Image:
     if array.dtype != np.uint8:
         raise ValueError(f"{where}: an 8-bit quicklook was expected, got {array.dtype}; pass unit= for radar values")
@@ -100,8 +110,8 @@ def _quicklook(array: np.ndarray, where: str) -> Image.Image:
 def sar_to_uint8(data: np.ndarray, *, unit: str = "auto", polarizations=None, nodata=None) -> np.ndarray:
     """[C, H, W] radar values -> [H, W, 3] uint8, as described in this module's docstring.
 
-    unit: "db", "amplitude", "intensity", "complex" or "auto" (complex dtype -> complex, any negative value ->
-    dB, otherwise intensity; amplitude and intensity give the same image after the per-channel stretch).
+    unit: "db", "amplitude", "intensity", "complex" or "auto" (complex dtype -> complex, a negative median -> dB,
+    otherwise intensity; amplitude and intensity give the same image after the per-channel stretch).
     """
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
@@ -112,7 +122,8 @@ def sar_to_uint8(data: np.ndarray, *, unit: str = "auto", polarizations=None, no
     if nodata is not None and not np.isnan(nodata):
         invalid |= data == nodata
     if unit == "auto":
-        unit = "complex" if np.iscomplexobj(data) else "db" if (data[~invalid] < 0).any() else "intensity"
+        # dB data is mostly negative (sigma0 < 1); linear data may hold a few negative pixels after noise removal.
+        unit = "complex" if np.iscomplexobj(data) else "db" if np.median(data[~invalid]) < 0 else "intensity"
     names = [p.upper() for p in polarizations] if polarizations is not None else None
     if names is not None and len(names) != data.shape[0]:
         raise ValueError(f"{len(names)} polarisations named ({names}) for {data.shape[0]} channels")
@@ -140,9 +151,9 @@ def _to_db(data: np.ndarray, unit: str) -> np.ndarray:
         if unit == "complex":
             data = np.abs(data) ** 2
             unit = "intensity"
-        power = np.abs(data.astype(np.float64))
+        power = data.astype(np.float64)
         db = (20 if unit == "amplitude" else 10) * np.log10(power)
-    return np.where(power > 0, db, np.nan)
+    return np.where(power > 0, db, np.nan)  # zero or negative (below the noise floor): no valid dB value
 
 
 def _polarisation_channels(db: np.ndarray, names) -> np.ndarray:

@@ -126,3 +126,9 @@ def test_bad_anchor_inputs_are_refused_clearly(change, message):
     values, positions, mask = change(*anchors(2, 4))
     with pytest.raises(ValueError, match=message):
         check_anchor_inputs(values, positions, mask, anchor_dim=8, num_images=2)
+
+
+@pytest.mark.parametrize("offsets", [torch.zeros(2, 4, 1, dtype=torch.long), torch.zeros(2, 1), torch.zeros(3, 1, dtype=torch.long)])
+def test_year_offsets_must_be_integers_per_image_and_year(offsets):
+    with pytest.raises(ValueError, match=r"anchor_year_offsets must be integers of shape \(2, 1\)"):
+        check_anchor_inputs(*anchors(2, 4), anchor_dim=8, num_images=2, year_offsets=offsets)

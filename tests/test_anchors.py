@@ -90,3 +90,22 @@ def test_processor_round_trip_keeps_its_options(tokenizers, tmp_path):
                     anchors=[np.zeros((64, 10, 10), np.float32)], return_tensors="pt")
     assert inputs["anchor_values"].shape == (1, 16, 1, 64)
     assert torch.equal(inputs["image_grid_thw"], torch.tensor([[1, 6, 6]]))  # resized to 84 x 84 first
+
+
+def test_centre_cropping_processors_see_the_anchors_where_the_crop_puts_them(tokenizers):
+    """LLaVA's CLIP processor resizes the short side and crops the centre: anchors must follow the crop."""
+    _, processor = build(tokenizers, "llava")
+    image = random_image(0, 56, 168)
+    anchors = {"values": np.ones((3, 64), np.float32), "positions": np.array([[0.5, 0.0], [0.5, 0.5], [0.0, 0.5]])}
+    inputs = processor(images=[image], text=["<image>"], anchors=[anchors], return_tensors="pt")
+    assert inputs["anchor_mask"][0, :, 0].tolist() == [False, True, True]  # column 0 lies left of the crop
+    torch.testing.assert_close(inputs["anchor_positions"][0, 1:], torch.tensor([[0.5, 0.5], [0.0, 0.5]]))
+    square = processor.base_processor(images=[image.crop((56, 0, 112, 56))], text=["<image>"], return_tensors="pt")
+    assert torch.equal(inputs["pixel_values"], square["pixel_values"])
+
+
+def test_masked_anchors_may_hold_anything():
+    values = np.ones((2, 64), np.float32)
+    anchors = as_anchor_set({"values": values, "positions": np.array([[0.2, 0.3], [np.nan, 7.0]]),
+                             "mask": np.array([True, False])}, anchor_dim=64)
+    assert anchors.mask[:, 0].tolist() == [True, False] and np.isfinite(anchors.positions).all()

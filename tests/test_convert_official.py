@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -55,6 +56,33 @@ def test_the_converted_checkpoint_computes_what_the_authors_code_computes(releas
         plain = {k: v for k, v in inputs.items() if k not in ("pixel_values",) and not k.startswith("anchor_")}
         expected = reference(**plain, mm_encoder_outputs={"image": features}).logits
         torch.testing.assert_close(model(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_adapter_in_the_pre_4_52_qwen_layout_is_mapped(released):
+    """The authors trained with an older transformers, whose Qwen2.5-VL keys lack `language_model`."""
+    folder, _ = released
+    weights = load_file(folder / "adapter" / "adapter_model.safetensors")
+    old = {k.replace("model.language_model.layers", "model.layers"): v for k, v in weights.items()}
+    assert old.keys() != weights.keys()
+    save_file(old, folder / "adapter" / "adapter_model.safetensors")
+    main(["--base", str(folder / "base"), "--tlm", str(folder / "tlm"), "--adapter", str(folder / "adapter"),
+          "--output", str(folder / "old")])
+    save_file(weights, folder / "adapter" / "adapter_model.safetensors")
+    main(["--base", str(folder / "base"), "--tlm", str(folder / "tlm"), "--adapter", str(folder / "adapter"),
+          "--output", str(folder / "new")])
+    old_model = AutoModelForImageTextToText.from_pretrained(folder / "old").state_dict()
+    new_model = AutoModelForImageTextToText.from_pretrained(folder / "new").state_dict()
+    differ = [k for k in new_model if not torch.equal(old_model[k], new_model[k])]
+    assert all(k.startswith("anchor_module.temporal.") for k in differ)  # fresh (unused with one year), not released
+
+
+def test_an_adapter_for_another_model_is_refused(released):
+    folder, _ = released
+    weights = load_file(folder / "adapter" / "adapter_model.safetensors")
+    save_file({k.replace("self_attn", "attention"): v for k, v in weights.items()}, folder / "adapter" / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="the adapter does not fit the base model"):
+        main(["--base", str(folder / "base"), "--tlm", str(folder / "tlm"), "--adapter", str(folder / "adapter"),
+              "--output", str(folder / "out")])
 
 
 def test_an_unknown_tlm_format_is_refused(released):

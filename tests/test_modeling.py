@@ -1,25 +1,32 @@
 """FUSAR-GPT around both reference backbones: identity, batching, gradients, generation, pipeline, PEFT."""
 
+import copy
 import functools
 
 import numpy as np
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import pipeline
 
 from conftest import BACKBONES, PROMPT, build, model_inputs, random_anchors, random_image
+from modeling_fusar import FusarForConditionalGeneration
+from processing import FusarProcessor
 
 pytestmark = pytest.mark.parametrize("family", list(BACKBONES))
 
 
 def test_a_fresh_model_gives_exactly_the_base_models_logits(tokenizers, family):
-    model, processor = build(tokenizers, family)
+    torch.manual_seed(0)
+    base, base_processor = BACKBONES[family](tokenizers[family])
+    untouched = copy.deepcopy(base).eval()
+    model = FusarForConditionalGeneration.from_base(base).eval()
+    processor = FusarProcessor.from_base(base_processor)
     inputs = model_inputs(processor, [random_image(0), random_image(1)], anchors=[random_anchors(0, 9), None])
     with torch.no_grad():
         ours = model(**inputs).logits
-        base = model.vlm(**{k: v for k, v in inputs.items() if not k.startswith("anchor_")}).logits
-    assert torch.equal(ours, base)
+        expected = untouched(**{k: v for k, v in inputs.items() if not k.startswith("anchor_")}).logits
+    assert torch.equal(ours, expected)
 
 
 def test_the_anchors_change_the_logits_once_the_module_is_trained(tokenizers, family):
@@ -167,7 +174,8 @@ def test_pipeline_passes_anchors_through_generate_kwargs(tokenizers, family):
 
 def test_peft_lora_targets_the_language_model_and_saves_the_anchor_module(tokenizers, family, tmp_path):
     model, processor = build(tokenizers, family, modulate=True)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_target_modules, modules_to_save=["anchor_module"])
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=model.lora_target_modules, modules_to_save=["anchor_module"],
+                        init_lora_weights=False)  # non-zero, so that the reload below must restore it
     peft_model = get_peft_model(model, config)
     lora = [n for n, _ in peft_model.named_parameters() if "lora_" in n]
     assert lora and all(".language_model." in n for n in lora)
@@ -178,8 +186,12 @@ def test_peft_lora_targets_the_language_model_and_saves_the_anchor_module(tokeni
     inputs["labels"] = inputs["input_ids"].clone()
     peft_model(**inputs).loss.backward()
     peft_model.generate(**model_inputs(processor, [random_image(0)], anchors=[random_anchors(0, 5)]), max_new_tokens=3)
-    peft_model.save_pretrained(tmp_path)
-    assert (tmp_path / "adapter_model.safetensors").is_file()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    fresh, _ = build(tokenizers, family)  # the same base weights, an untrained anchor module
+    reloaded = PeftModel.from_pretrained(fresh, tmp_path / "adapter").eval()
+    peft_model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**inputs).logits, peft_model(**inputs).logits, atol=1e-5, rtol=1e-5)
 
 
 def test_image_tokens_and_features_must_agree(tokenizers, family):

@@ -134,3 +134,22 @@ def test_real_utm_geotiff_with_nodata():
     image = np.asarray(load_sar_image(path))
     assert image.shape == (*db.shape, 3)
     assert (image[db == -99] == 0).all() and (image[db != -99].mean() > 50)
+
+
+def test_a_few_negative_pixels_do_not_make_linear_data_decibels():
+    intensity = speckled_intensity(seed=10)
+    noisy = intensity.copy()
+    noisy[0, 0, :3] = -1e-4  # thermal-noise removal leaves some slightly negative pixels: no dB value, black
+    expected = intensity.copy()
+    expected[0, 0, :3] = np.nan
+    assert np.array_equal(sar_to_uint8(noisy), sar_to_uint8(expected, unit="intensity"))
+    assert (sar_to_uint8(noisy)[0, :3] == 0).all()
+
+
+def test_pil_modes(tmp_path):
+    palette = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)).convert("P")
+    assert np.array_equal(np.asarray(load_sar_image(palette)), np.asarray(palette.convert("RGB")))
+    amplitude = np.sqrt(speckled_intensity(seed=11)[0]) * 1000
+    Image.fromarray(amplitude.astype(np.uint16)).save(tmp_path / "amplitude.png")  # a 16-bit PNG holds radar values
+    image = load_sar_image(tmp_path / "amplitude.png", unit="amplitude")
+    assert np.array_equal(np.asarray(image), sar_to_uint8(amplitude.astype(np.uint16)[None].astype(float), unit="amplitude"))
