@@ -1,0 +1,172 @@
+"""Build the triplet dataset from scene inputs: streaming, sharded, resumable, split by scene.
+
+Work happens in `<output>.partial/`: scenes are cut into shards of `shard_size`; each finished shard is one
+parquet file (written to a temporary name, then renamed), so a build killed midway and run again redoes only
+the unfinished shards and gives the same dataset. A scene whose files cannot be read is reported, counted in
+the card and skipped. The dataset is assembled in `<output>.partial/dataset` and renamed to `<output>` only
+when complete: nothing half-written is ever taken for a dataset.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import shutil
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
+
+from processing.anchors import AnchorSet, as_anchor_set
+
+from .alphaearth import DIM, sample_anchors
+from .card import write_card
+from .inputs import SceneInput
+from .sar_reader import read_sar_scene
+from .schema import FEATURES, SPLITS, TASKS
+from .tasks import Annotations, examples
+
+
+@dataclass
+class BuildConfig:
+    tasks: tuple[str, ...] = TASKS
+    grid_size: int = 8  # anchors per side of the scene
+    years_before: int = 0  # also anchor this many years before the acquisition year
+    split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    shard_size: int = 64  # scenes per work shard
+    rows_per_file: int = 5000  # rows per output parquet file
+    name: str = "fusar-sar-triplets"
+    license: str = "other"
+    description: str = ""
+    extra_card: dict = field(default_factory=dict)
+
+
+def split_of(scene_id: str, fractions=(0.8, 0.1, 0.1)) -> str:
+    """train / validation / test from a hash of the scene id: stable, and never two splits for one scene."""
+    value = int(hashlib.sha1(scene_id.encode()).hexdigest()[:8], 16) / 2**32
+    return SPLITS[0] if value < fractions[0] else SPLITS[1] if value < fractions[0] + fractions[1] else SPLITS[2]
+
+
+def scene_rows(scene: SceneInput, config: BuildConfig, alphaearth=None) -> list[dict]:
+    """The dataset rows of one scene."""
+    sar = read_sar_scene(scene.image, year=scene.year)
+    image = sar.image
+    objects = [dict(o) for o in scene.objects]
+    if scene.image_size is not None and image.size != tuple(scene.image_size):
+        image = image.resize(tuple(scene.image_size))  # answers and boxes are given in the resized image
+    anchors = scene_anchors(scene, sar, config, alphaearth)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")  # encoded once, shared by the scene's rows
+    annotations = Annotations(image.width, image.height, objects, scene.captions, scene.questions)
+    shared = {
+        "scene_id": scene.scene_id,
+        "image": {"bytes": buffer.getvalue(), "path": None},
+        "anchor_values": anchors.values.tolist(),
+        "anchor_positions": anchors.positions.tolist(),
+        "anchor_mask": anchors.mask.tolist(),
+        "anchor_years": anchors.years or [],
+        "year": sar.year,
+        "footprint": list(sar.lonlat),
+        "crs": sar.crs,
+        "sensor": scene.sensor,
+        "polarization": sar.polarization,
+        "resolution_m": sar.resolution_m,
+        "objects": [{"bbox": [float(v) for v in o["bbox"]], "category": o["category"]} for o in objects],
+        "source": scene.source + ("" if anchors.values.shape[0] else "; no footprint or anchors: no anchors"),
+    }
+    rows = []
+    for number, (task, question, answer) in enumerate(examples(annotations, config.tasks, seed=scene.scene_id)):
+        messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        rows.append({"id": f"{scene.scene_id}-{task}-{number}", "task": task, "messages": messages, **shared})
+    return rows
+
+
+def scene_anchors(scene: SceneInput, sar, config: BuildConfig, alphaearth) -> AnchorSet:
+    if scene.anchors is not None:
+        return as_anchor_set(scene.anchors, anchor_dim=DIM, years=None if sar.year is None else [sar.year])
+    if alphaearth is None or sar.footprint is None or sar.year is None:
+        return as_anchor_set(None, anchor_dim=DIM)
+    years = range(sar.year - config.years_before, sar.year + 1)
+    return sample_anchors(alphaearth, sar.footprint, years, grid_size=config.grid_size)
+
+
+def _build_shard(args) -> dict:
+    """Rows of one shard to `<work>/shard-<n>.parquet`, and what it met to `<work>/shard-<n>.json`."""
+    number, scenes, config, alphaearth, work = args
+    rows, errors = [], []
+    for scene in scenes:
+        try:
+            rows.extend(scene_rows(scene, config, alphaearth))
+        except (ValueError, OSError) as error:
+            errors.append({"scene_id": scene.scene_id, "image": scene.image, "error": str(error)})
+    target = work / f"shard-{number:05d}.parquet"
+    temporary = work / f".shard-{number:05d}.parquet.tmp"
+    datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(temporary))
+    meta = {"scenes": len(scenes) - len(errors), "rows": len(rows), "errors": errors}
+    (work / f"shard-{number:05d}.json").write_text(json.dumps(meta))
+    os.replace(temporary, target)  # the parquet file appears last: its presence means the shard is done
+    return meta
+
+
+def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, alphaearth=None,
+          num_proc: int = 1, overwrite: bool = False) -> Path:
+    """Build the dataset of `scenes` into `output` (parquet shards per split and a card); returns `output`."""
+    config = config or BuildConfig()
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ValueError(f"{output} exists; choose another --output or pass --overwrite")
+    work = Path(str(output) + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    scenes = sorted(scenes, key=lambda s: s.scene_id)
+    if len({s.scene_id for s in scenes}) != len(scenes):
+        duplicate = next(k for k, n in Counter(s.scene_id for s in scenes).items() if n > 1)
+        raise ValueError(f"scene id {duplicate!r} appears more than once in the inputs")
+    shards = [scenes[i : i + config.shard_size] for i in range(0, len(scenes), config.shard_size)]
+    todo = [(n, shard, config, alphaearth, work) for n, shard in enumerate(shards)
+            if not (work / f"shard-{n:05d}.parquet").exists()]
+    with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="scenes -> rows (shards)", unit="shard") as bar:
+        if num_proc > 1 and len(todo) > 1:
+            with ProcessPoolExecutor(num_proc) as pool:
+                for _ in pool.map(_build_shard, todo):
+                    bar.update()
+        else:
+            for job in todo:
+                _build_shard(job)
+                bar.update()
+    metas = [json.loads((work / f"shard-{n:05d}.json").read_text()) for n in range(len(shards))]
+    assemble(work, len(shards), config, metas)
+    if output.exists():
+        shutil.rmtree(output)
+    os.replace(work / "dataset", output)
+    shutil.rmtree(work)
+    return output
+
+
+def assemble(work: Path, shard_count: int, config: BuildConfig, metas: list[dict]) -> None:
+    """The shards as train / validation / test parquet files plus the dataset card, in `<work>/dataset`."""
+    target = work / "dataset"
+    if target.exists():
+        shutil.rmtree(target)
+    files = [str(work / f"shard-{n:05d}.parquet") for n in range(shard_count)]
+    rows = datasets.Dataset.from_parquet(files, features=FEATURES, cache_dir=str(work / "cache"))
+    splits = rows.map(lambda batch: {"split": [split_of(s, config.split_fractions) for s in batch["scene_id"]]},
+                      batched=True, desc="splitting by scene")
+    parts = {}
+    for split in SPLITS:
+        part = splits.filter(lambda batch: [s == split for s in batch["split"]], batched=True,
+                             desc=f"{split} rows").remove_columns("split")
+        if not len(part):  # an empty split gets no file (load_dataset refuses empty ones)
+            continue
+        files = math.ceil(len(part) / config.rows_per_file)
+        for index in range(files):
+            path = target / "data" / f"{split}-{index:05d}-of-{files:05d}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part.shard(files, index, contiguous=True).to_parquet(str(path))
+        parts[split] = part
+    write_card(target / "README.md", parts, config, metas)
