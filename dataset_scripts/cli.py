@@ -1,0 +1,124 @@
+"""fusar-data: build, simulate, import and check the SAR image-text-AlphaEarth triplet dataset."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .schema import TASKS
+
+
+def parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = set(tasks) - set(TASKS)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+    return tasks
+
+
+def add_output_options(parser):
+    parser.add_argument("--output", required=True, help="folder for the dataset (parquet shards per split + card)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+    parser.add_argument("--num-proc", type=int, default=1, help="worker processes for the scenes")
+    parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the dataset folder to this Hub repo")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="fusar-data", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build the dataset from SAR images, annotations and AlphaEarth tiles")
+    inputs = build.add_argument_group("inputs (one or more)")
+    inputs.add_argument("--voc", action="append", default=[], help="folder of Pascal VOC XML files beside their images")
+    inputs.add_argument("--coco", action="append", default=[], help="COCO detection JSON (images relative to it)")
+    inputs.add_argument("--jsonl", action="append", default=[], help="scenes JSONL: image, caption(s), questions, objects")
+    build.add_argument("--alphaearth", help="root of the official AlphaEarth int8 tiles (<year>/<zone><N|S>/*.tiff)")
+    build.add_argument("--alphaearth-geotiff", help="a float AlphaEarth export (bands A00..A63) ...")
+    build.add_argument("--alphaearth-year", type=int, help="... and its year")
+    build.add_argument("--year", type=int, help="acquisition year for scenes whose files do not say")
+    build.add_argument("--tasks", type=parse_tasks, default=TASKS, help=f"comma-separated, from {', '.join(TASKS)}")
+    build.add_argument("--grid-size", type=int, default=8, help="anchors per side of a scene (default 8)")
+    build.add_argument("--years-before", type=int, default=0, help="also anchor this many earlier years")
+    build.add_argument("--sensor", default="", help="sensor name for scenes that do not give one")
+    build.add_argument("--source", default="", help="provenance and licence of the inputs")
+    build.add_argument("--name", default="fusar-sar-triplets", help="dataset name in the card")
+    build.add_argument("--license", default="other", help="licence of the dataset (Hub identifier)")
+    build.add_argument("--shard-size", type=int, default=64, help="scenes per resumable work shard")
+    add_output_options(build)
+
+    simulate = commands.add_parser("simulate", help="build the deterministic simulated dataset (the embedded default)")
+    simulate.add_argument("--scenes", type=int, default=300, help="number of scenes (about 5 rows each)")
+    simulate.add_argument("--seed", type=int, default=0)
+    add_output_options(simulate)
+
+    manifest = commands.add_parser("import-manifest", help="the authors' JSONL manifest with .npz anchors -> dataset")
+    manifest.add_argument("manifest", help="JSONL with id, image, aef, question, answer, coordinate_size")
+    manifest.add_argument("--task", choices=TASKS, help="task of every row (default: from the shape of each answer)")
+    manifest.add_argument("--source", default="FUSAR-GPT authors' release", help="provenance and licence")
+    add_output_options(manifest)
+
+    check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
+    check.add_argument("dataset", help="dataset folder or Hub repo id")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "check":
+            from .check import check as run_check
+
+            problems = run_check(args.dataset)
+            print("\n".join(problems) or f"{args.dataset}: no problems found")
+            return 1 if problems else 0
+        output = run(args)
+    except ValueError as error:
+        print(f"fusar-data {args.command}: {error}", file=sys.stderr)
+        return 2
+    print(f"dataset written to {output}")
+    if args.push_to_hub:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        url = api.create_repo(args.push_to_hub, repo_type="dataset", exist_ok=True)
+        api.upload_folder(folder_path=str(output), repo_id=args.push_to_hub, repo_type="dataset",
+                          commit_message="Upload dataset with fusar-data")
+        print(f"pushed to {url}")
+    return 0
+
+
+def run(args) -> Path:
+    from .builder import BuildConfig, build
+
+    if args.command == "simulate":
+        from .simulate import simulate
+
+        return simulate(args.output, scenes=args.scenes, seed=args.seed, num_proc=args.num_proc, overwrite=args.overwrite)
+    if args.command == "import-manifest":
+        from .inputs import from_manifest
+
+        scenes = from_manifest(args.manifest, task=args.task, source=args.source)
+        return build(scenes, args.output, BuildConfig(name=Path(args.manifest).stem), num_proc=args.num_proc,
+                     overwrite=args.overwrite)
+    from .alphaearth import AlphaEarthGeoTIFF, AlphaEarthTiles
+    from .inputs import from_coco, from_jsonl, from_voc
+
+    scenes = [s for folder in args.voc for s in from_voc(folder, source=args.source, sensor=args.sensor)]
+    scenes += [s for path in args.coco for s in from_coco(path, source=args.source, sensor=args.sensor)]
+    scenes += [s for path in args.jsonl for s in from_jsonl(path, source=args.source, sensor=args.sensor)]
+    if not scenes:
+        raise ValueError("no scenes: give --voc, --coco or --jsonl inputs")
+    for scene in scenes:
+        scene.year = scene.year if scene.year is not None else args.year
+    alphaearth = None
+    if args.alphaearth:
+        alphaearth = AlphaEarthTiles(args.alphaearth)
+    elif args.alphaearth_geotiff:
+        if args.alphaearth_year is None:
+            raise ValueError("--alphaearth-geotiff needs --alphaearth-year")
+        alphaearth = AlphaEarthGeoTIFF(args.alphaearth_geotiff, args.alphaearth_year)
+    config = BuildConfig(tasks=args.tasks, grid_size=args.grid_size, years_before=args.years_before,
+                         shard_size=args.shard_size, name=args.name, license=args.license)
+    return build(scenes, args.output, config, alphaearth, num_proc=args.num_proc, overwrite=args.overwrite)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
