@@ -42,9 +42,9 @@ def dequantize(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     if values.dtype != np.int8:
         raise ValueError(f"AlphaEarth release values are int8, got {values.dtype}")
-    out = np.sign(values) * (np.abs(values.astype(np.float32)) / 127.5) ** 2
+    out = (np.sign(values) * (np.abs(values.astype(np.float64)) / 127.5) ** 2).astype(np.float32)
     out[(values == NODATA).all(-1)] = np.nan
-    return out.astype(np.float32)
+    return out
 
 
 def quantize(embeddings: np.ndarray) -> np.ndarray:
@@ -71,7 +71,7 @@ class Footprint:
         are the centres of the first and last pixel."""
         rows = positions[:, 0] * (self.height - 1) + 0.5
         cols = positions[:, 1] * (self.width - 1) + 0.5
-        xs, ys = self.transform * (cols, rows)
+        xs, ys = self.transform @ (cols, rows)
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
@@ -79,7 +79,7 @@ class Footprint:
         edge = np.linspace(0, 1, 17)
         cols = np.concatenate([edge * self.width, np.full(17, self.width), edge * self.width, np.zeros(17)])
         rows = np.concatenate([np.zeros(17), edge * self.height, np.full(17, self.height), edge * self.height])
-        xs, ys = self.transform * (cols, rows)
+        xs, ys = self.transform @ (cols, rows)
         lons, lats = transform_points(self.crs, "EPSG:4326", list(xs), list(ys))
         return float(min(lons)), float(min(lats)), float(max(lons)), float(max(lats))
 

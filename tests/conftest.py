@@ -14,6 +14,7 @@ import modeling_fusar  # noqa: F401  (registers the Auto classes)
 from modeling_fusar import FusarForConditionalGeneration
 from modeling_fusar.tiny import tiny_llava, tiny_qwen2_5_vl, train_tokenizer
 from processing import FusarProcessor
+from hub_fixture import local_hub  # noqa: F401  (a fixture for every test module)
 
 SHARED_DATA = Path(os.environ.get("FUSAR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BACKBONES = {"qwen2_5_vl": tiny_qwen2_5_vl, "llava": tiny_llava}
