@@ -70,7 +70,7 @@ def scene_rows(scene: SceneInput, config: BuildConfig, alphaearth=None) -> list[
         "anchor_values": anchors.values.tolist(),
         "anchor_positions": anchors.positions.tolist(),
         "anchor_mask": anchors.mask.tolist(),
-        "anchor_years": anchors.years or [],
+        "anchor_years": anchors.years or [],  # empty: the anchors' years are not known
         "year": sar.year,
         "footprint": list(sar.lonlat),
         "crs": sar.crs,

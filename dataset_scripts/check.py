@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import defaultdict
 
 import datasets
@@ -23,12 +24,12 @@ def row_problems(row: dict) -> list[str]:
     if roles != ["user", "assistant"]:
         problems.append(f"messages: roles are {roles}, expected ['user', 'assistant']")
     values = row["anchor_values"]
-    count, years = len(values), len(row["anchor_years"])
+    count, years = len(values), len(row["anchor_years"]) or (len(values[0]) if values else 0)
     if count:
         shapes = {np.shape(v) for v in values}
         if shapes != {(years, DIM)}:
             problems.append(f"anchor_values: per-anchor shapes {sorted(shapes)}, expected ({years}, {DIM}) "
-                            f"({years} anchor_years)")
+                            "(years from anchor_years, else from the first anchor)")
         positions = np.asarray(row["anchor_positions"], dtype=float)
         if positions.shape != (count, 2):
             problems.append(f"anchor_positions: shape {positions.shape}, expected ({count}, 2)")
@@ -69,7 +70,12 @@ def detection_problems(answer: str, width: int, height: int) -> list[str]:
 
 def check(path_or_repo: str) -> list[str]:
     """Every problem found, one line each: `<split>[<row>] <id>: <problem>`."""
-    dataset = datasets.load_dataset(path_or_repo)
+    # A fresh cache: datasets may otherwise hand back an earlier folder's rows for a folder of the same name.
+    with tempfile.TemporaryDirectory() as cache:
+        return _check(datasets.load_dataset(path_or_repo, cache_dir=cache))
+
+
+def _check(dataset: datasets.DatasetDict) -> list[str]:
     problems, scenes, ids = [], defaultdict(set), set()
     for split, part in dataset.items():
         if part.features != FEATURES:

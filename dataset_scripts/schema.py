@@ -37,7 +37,7 @@ FIELD_DOCS = {
     "anchor_values": "[S][T][64] AlphaEarth vectors per anchor and year (zeros where masked)",
     "anchor_positions": "[S][2] anchor (row, col) as fractions of the image, 0 = first, 1 = last pixel",
     "anchor_mask": "[S][T] whether the vector exists (False: nodata, outside the tiles, or year missing)",
-    "anchor_years": "[T] the calendar year of each anchor year slot",
+    "anchor_years": "[T] the calendar year of each anchor year slot (empty if unknown)",
     "year": "acquisition year (null if unknown)",
     "footprint": "lon_min, lat_min, lon_max, lat_max of the scene (NaN if not georeferenced)",
     "crs": "CRS of the source raster (empty if not georeferenced)",
