@@ -1,0 +1,184 @@
+"""Two-stage supervised fine-tuning of FUSAR-GPT with TRL's SFTTrainer, PEFT and Accelerate.
+
+Stage 1, knowledge injection: captions; trains the anchor module, and the language model (LoRA, or all of it
+without PEFT) when `--stage1_train_language_model` (the authors' released code does; the paper's text trains the
+anchor module only). Stage 2, task execution: the other tasks; trains the language model (LoRA with `--use_peft`)
+with the anchor module frozen, starting from stage 1's result.
+
+    accelerate launch train_sft.py --config configs/tiny_cpu.yaml
+    fusar-train --dataset_name outputs/simulated --model tiny --output_dir outputs/fusar-tiny
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
+
+import modeling_fusar  # noqa: F401  (registers the Auto classes)
+from dataset_scripts.schema import FEATURES, TASKS
+from evaluate_bench import row_anchors
+from modeling_fusar import FusarForConditionalGeneration
+from processing import FusarProcessor
+from processing.anchors import collate_anchor_sets
+from processing.base import load_base_processor
+from training.report import write_model_card, write_loss_curve
+
+STAGE_TASKS = {1: ("caption",), 2: tuple(t for t in TASKS if t != "caption")}
+
+
+@dataclass
+class FusarArguments:
+    dataset_name: str = field(default="outputs/simulated", metadata={"help": "triplet dataset: local folder or Hub id"})
+    model: str = field(default="tiny", metadata={"help": "'tiny' (built offline), a base VLM (path / Hub id) or a "
+                                                          "FUSAR-GPT checkpoint"})
+    stage: str = field(default="both", metadata={"help": "1, 2 or both", "choices": ["1", "2", "both"]})
+    stage1_epochs: float = 30.0
+    stage1_learning_rate: float = 1e-4
+    stage2_epochs: float = 5.0
+    stage2_learning_rate: float = 1e-5
+    stage1_train_language_model: bool = field(default=True, metadata={"help": "also train the language model in "
+                                                                               "stage 1 (the authors' released code)"})
+    use_anchors: bool = field(default=True, metadata={"help": "False: the same run without anchors (ablation)"})
+    merge_lora: bool = field(default=True, metadata={"help": "merge the final LoRA into the weights, else keep it "
+                                                              "as an adapter"})
+    tiny_hidden_size: int = 128
+    tiny_layers: int = 2
+    max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many rows per stage"})
+
+
+class FusarDataCollator(DataCollatorForVisionLanguageModeling):
+    """TRL's vision-language collator (chat template, image tokens, assistant-only labels) plus the anchor tensors."""
+
+    def __init__(self, processor, use_anchors: bool = True, **kwargs):
+        super().__init__(processor, assistant_only_loss=True, **kwargs)
+        self.use_anchors = use_anchors
+
+    def torch_call(self, examples):
+        anchors = [row_anchors(example) for example in examples]
+        years = [example.get("year") for example in examples]
+        batch = super().torch_call([{"image": e["image"], "messages": e["messages"]} for e in examples])
+        if self.use_anchors:
+            batch.update(collate_anchor_sets(anchors, years))
+        return batch
+
+
+class FusarSFTTrainer(SFTTrainer):
+    """SFTTrainer with the model's own loss. TRL's fused LM-head loss reads `model.base_model(...).last_hidden_state`,
+    which assumes the backbone alone takes the images; FUSAR-GPT modulates them in its own forward first."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+
+def load_triplets(name: str) -> datasets.DatasetDict:
+    """The dataset, checked for the triplet schema before any training starts."""
+    try:
+        dataset = datasets.load_dataset(name)
+    except Exception as error:  # datasets raises many kinds here; all mean "cannot use this"
+        raise ValueError(f"--dataset_name {name}: cannot load it as a dataset ({error})") from error
+    if "train" not in dataset or len(dataset["train"]) == 0:
+        raise ValueError(f"--dataset_name {name}: no rows in a 'train' split")
+    missing = sorted(set(FEATURES) - set(dataset["train"].features))
+    if missing:
+        raise ValueError(f"--dataset_name {name}: not a triplet dataset, columns {missing} are missing "
+                         "(build one with fusar-data)")
+    return dataset
+
+
+def load_model(args: FusarArguments, dataset) -> tuple[FusarForConditionalGeneration, FusarProcessor]:
+    if args.model == "tiny":
+        from modeling_fusar.tiny import DEFAULT_CORPUS, tiny_qwen2_5_vl, train_tokenizer
+
+        corpus = [m["content"] for row in dataset["train"].select_columns(["messages"]) for m in row["messages"]]
+        base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
+                                               hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
+        return FusarForConditionalGeneration.from_base(base), FusarProcessor.from_base(base_processor)
+    if AutoConfig.from_pretrained(args.model).model_type == "fusar_gpt":
+        return AutoModelForImageTextToText.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model)
+    processor = load_base_processor(args.model) if Path(args.model).is_dir() else AutoProcessor.from_pretrained(args.model)
+    return FusarForConditionalGeneration.from_base(args.model), FusarProcessor.from_base(processor)
+
+
+def set_trainable(model, stage: int, args: FusarArguments, use_peft: bool):
+    """Without PEFT, choose the trained parameters here (with PEFT, the LoRA config does)."""
+    train_language_model = stage == 2 or args.stage1_train_language_model
+    for name, parameter in model.named_parameters():
+        in_language_model = ".language_model." in name or name.startswith("vlm.lm_head")
+        parameter.requires_grad = (
+            (name.startswith("anchor_module.") and stage == 1 and args.use_anchors)
+            or (in_language_model and train_language_model and not use_peft)
+        )
+
+
+def peft_config(model, stage: int, args: FusarArguments, model_args: ModelConfig):
+    from peft import LoraConfig
+
+    train_lora = stage == 2 or args.stage1_train_language_model
+    if not model_args.use_peft or not train_lora:
+        return None
+    return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
+                      target_modules=model.lora_target_modules,
+                      modules_to_save=["anchor_module"] if stage == 1 and args.use_anchors else None)
+
+
+def run_stage(stage: int, model, processor, dataset, args: FusarArguments, training_args: SFTConfig,
+              model_args: ModelConfig):
+    train = dataset["train"].filter(lambda task: task in STAGE_TASKS[stage], input_columns="task")
+    if args.max_train_examples:
+        train = train.select(range(min(args.max_train_examples, len(train))))
+    if len(train) == 0:
+        raise ValueError(f"stage {stage}: the dataset has no {'/'.join(STAGE_TASKS[stage])} rows to train on")
+    stage_args = dataclasses.replace(
+        training_args, output_dir=str(Path(training_args.output_dir) / f"stage{stage}"),
+        num_train_epochs=getattr(args, f"stage{stage}_epochs"), learning_rate=getattr(args, f"stage{stage}_learning_rate"),
+        remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, push_to_hub=False,
+    )
+    lora = peft_config(model, stage, args, model_args)
+    if lora is None:
+        set_trainable(model, stage, args, use_peft=False)
+    trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
+                         data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
+    if lora is not None and stage == 2:
+        trainer.model.base_model.model.anchor_module.requires_grad_(False)
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    model = trainer.model
+    if lora is not None and (stage == 1 or args.merge_lora):
+        model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
+    return model, trainer.state.log_history
+
+
+def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
+    dataset = load_triplets(args.dataset_name)
+    model, processor = load_model(args, dataset)
+    output = Path(training_args.output_dir)
+    history = []
+    for stage in (1, 2) if args.stage == "both" else (int(args.stage),):
+        model, log = run_stage(stage, model, processor, dataset, args, training_args, model_args)
+        history += [dict(entry, stage=stage) for entry in log]
+    model.save_pretrained(output)
+    processor.save_pretrained(output)
+    run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args)}
+    (output / "fusar_run.json").write_text(json.dumps(run, indent=2, default=str))
+    write_loss_curve(history, output / "loss_curve.png")
+    write_model_card(output, args, training_args, model_args, history)
+    if training_args.push_to_hub:
+        model.push_to_hub(training_args.hub_model_id or output.name)
+        processor.push_to_hub(training_args.hub_model_id or output.name)
+    return output
+
+
+def cli(argv=None):
+    parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
+    args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    return main(args, training_args, model_args)
+
+
+if __name__ == "__main__":
+    cli()

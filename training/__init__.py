@@ -1,0 +1,1 @@
+"""Helpers of the training script: the loss curve and the model card."""
