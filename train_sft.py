@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -155,6 +155,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
 
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
+    set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset)
     output = Path(training_args.output_dir)
@@ -164,13 +165,17 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
         history += [dict(entry, stage=stage) for entry in log]
     model.save_pretrained(output)
     processor.save_pretrained(output)
-    run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args)}
+    run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),
+           "history": history}
     (output / "fusar_run.json").write_text(json.dumps(run, indent=2, default=str))
     write_loss_curve(history, output / "loss_curve.png")
     write_model_card(output, args, training_args, model_args, history)
-    if training_args.push_to_hub:
-        model.push_to_hub(training_args.hub_model_id or output.name)
-        processor.push_to_hub(training_args.hub_model_id or output.name)
+    if training_args.push_to_hub:  # everything in the folder: weights, code, processor, card, loss curve, run
+        from huggingface_hub import HfApi
+
+        repo = HfApi().create_repo(training_args.hub_model_id or output.name, exist_ok=True).repo_id
+        HfApi().upload_folder(folder_path=str(output), repo_id=repo, ignore_patterns=["stage1/*", "stage2/*"],
+                              commit_message="FUSAR-GPT trained with train_sft.py")
     return output
 
 
