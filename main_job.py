@@ -70,7 +70,7 @@ def run(argv=None) -> dict[str, dict[str, float]]:
             args=options)
         if number == 0:  # the same model before any training, built exactly as the run builds it
             set_seed(training_args.seed)
-            untrained, processor = load_model(fusar_args, load_triplets(str(data)))
+            untrained, processor = load_model(fusar_args, load_triplets(str(data)), model_args)
             results["untrained"] = evaluate(untrained, processor, rows)
         train(fusar_args, training_args, model_args)
         model = AutoModelForImageTextToText.from_pretrained(folder)

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
+from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
@@ -30,6 +33,7 @@ from processing.anchors import collate_anchor_sets
 from processing.base import load_base_processor
 from training.report import write_model_card, write_loss_curve
 
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 STAGE_TASKS = {1: ("caption",), 2: tuple(t for t in TASKS if t != "caption")}
 
 
@@ -92,7 +96,8 @@ def load_triplets(name: str) -> datasets.DatasetDict:
     return dataset
 
 
-def load_model(args: FusarArguments, dataset) -> tuple[FusarForConditionalGeneration, FusarProcessor]:
+def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = None):
+    model_args = model_args or ModelConfig()
     if args.model == "tiny":
         from modeling_fusar.tiny import DEFAULT_CORPUS, tiny_qwen2_5_vl, train_tokenizer
 
@@ -100,10 +105,25 @@ def load_model(args: FusarArguments, dataset) -> tuple[FusarForConditionalGenera
         base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
         return FusarForConditionalGeneration.from_base(base), FusarProcessor.from_base(base_processor)
-    if AutoConfig.from_pretrained(args.model).model_type == "fusar_gpt":
-        return AutoModelForImageTextToText.from_pretrained(args.model), AutoProcessor.from_pretrained(args.model)
-    processor = load_base_processor(args.model) if Path(args.model).is_dir() else AutoProcessor.from_pretrained(args.model)
-    return FusarForConditionalGeneration.from_base(args.model), FusarProcessor.from_base(processor)
+    options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
+    config = AutoConfig.from_pretrained(args.model)
+    if config.model_type == "fusar_gpt":
+        model, processor = AutoModelForImageTextToText.from_pretrained(args.model, **options), AutoProcessor.from_pretrained(args.model)
+    else:
+        base = load_base_processor(args.model) if Path(args.model).is_dir() else AutoProcessor.from_pretrained(args.model)
+        model, processor = FusarForConditionalGeneration.from_base(args.model, **options), FusarProcessor.from_base(base)
+    if not GENERATION_MARKER.search(processor.chat_template or ""):  # assistant-only loss needs these markers
+        processor.chat_template = training_chat_template(model.config.base_config.model_type)
+    return model, processor
+
+
+def training_chat_template(model_type: str) -> str:
+    """TRL's version of a family's chat template with `{% generation %}` markers around the assistant's turns."""
+    template = resources.files("trl") / "chat_templates" / f"{model_type}_training.jinja"
+    if not template.is_file():
+        raise ValueError(f"the {model_type} processor's chat template has no {{% generation %}} markers and TRL has no "
+                         "training template for it; set --chat_template_path to a template with them")
+    return template.read_text()
 
 
 def set_trainable(model, stage: int, args: FusarArguments, use_peft: bool):
@@ -147,22 +167,43 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
                          data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
     if lora is not None and stage == 2:
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
     model = trainer.model
     if lora is not None and (stage == 1 or args.merge_lora):
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
     return model, trainer.state.log_history
 
 
+def wants_resume(value) -> bool:
+    return value not in (None, False, "false", "False")
+
+
+def resume_point(value, stage_dir: str):
+    """Where a stage resumes: an explicit checkpoint folder, else the stage's own latest checkpoint, if any."""
+    if not wants_resume(value):
+        return None
+    if value not in (True, "true", "True"):
+        return value
+    return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+
+
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
-    model, processor = load_model(args, dataset)
+    model, processor = load_model(args, dataset, model_args)
     output = Path(training_args.output_dir)
     history = []
+    stage1_result = output / "stage1-model"
     for stage in (1, 2) if args.stage == "both" else (int(args.stage),):
+        if stage == 1 and args.stage == "both" and wants_resume(training_args.resume_from_checkpoint) \
+                and (stage1_result / "config.json").exists():
+            model = AutoModelForImageTextToText.from_pretrained(stage1_result)  # stage 1 finished before the stop
+            continue
         model, log = run_stage(stage, model, processor, dataset, args, training_args, model_args)
         history += [dict(entry, stage=stage) for entry in log]
+        if stage == 1 and args.stage == "both":  # where stage 2 resumes from, and the stage-1 model for ablations
+            model.save_pretrained(stage1_result)
+            processor.save_pretrained(stage1_result)
     model.save_pretrained(output)
     processor.save_pretrained(output)
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),

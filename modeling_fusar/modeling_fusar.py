@@ -81,6 +81,12 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         model.anchor_module.to(device=base.device, dtype=base.dtype)
         return model
 
+    def save_pretrained(self, *args, save_original_format: bool = False, **kwargs):
+        # transformers writes a base model's weights under its legacy key names by default (Qwen2.5-VL: `model.layers`
+        # for `model.language_model.layers`); loaders that read the file directly, like Trainer's
+        # resume_from_checkpoint, then find nothing. FUSAR-GPT checkpoints have no legacy layout: keep today's names.
+        return super().save_pretrained(*args, save_original_format=save_original_format, **kwargs)
+
     def get_input_embeddings(self) -> nn.Module:
         return self.vlm.get_input_embeddings()
 

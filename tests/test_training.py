@@ -39,7 +39,7 @@ def stage_run(simulated, tmp_path, stage, *extra):
     args, training_args, model_args = parse("--dataset_name", str(simulated), "--output_dir", str(tmp_path), *FAST, *extra)
     dataset = train_sft.load_triplets(args.dataset_name)
     torch.manual_seed(0)
-    model, processor = train_sft.load_model(args, dataset)
+    model, processor = train_sft.load_model(args, dataset, model_args)
     torch.nn.init.normal_(model.anchor_module.film[-1].weight, std=0.01)  # let gradients reach the first layer
     before = snapshot(model)
     trained, _ = train_sft.run_stage(stage, model, processor, dataset, args, training_args, model_args)
@@ -136,3 +136,74 @@ def test_the_main_job_runs_end_to_end(tmp_path):
     results = main_job.run(["--output", str(tmp_path), "--scenes", "16", *FAST])
     assert set(results) == {"untrained", "FUSAR-GPT", "same run, no anchors"}
     assert (tmp_path / "results.md").is_file() and (tmp_path / "fusar-tiny" / "README.md").read_text().count("## Evaluation") == 1
+
+
+def test_a_base_model_folder_with_the_official_chat_template(simulated, tmp_path, tokenizers):
+    """A Qwen2.5-VL folder whose chat template has no {% generation %} markers gets TRL's training template."""
+    from conftest import build
+
+    model, processor = build(tokenizers, "qwen2_5_vl")
+    base = processor.base_processor
+    base.chat_template = base.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    model.vlm.save_pretrained(tmp_path / "base")
+    base.save_pretrained(tmp_path / "base")
+    args, training_args, model_args = parse("--dataset_name", str(simulated), "--output_dir", str(tmp_path / "out"),
+                                            "--model", str(tmp_path / "base"), "--stage", "2", *FAST)
+    loaded, loaded_processor = train_sft.load_model(args, train_sft.load_triplets(args.dataset_name), model_args)
+    assert "{% generation %}" in loaded_processor.chat_template
+    trained, log = train_sft.run_stage(2, loaded, loaded_processor, train_sft.load_triplets(args.dataset_name), args,
+                                       training_args, model_args)
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert losses and all(loss == loss and loss > 0 for loss in losses)  # finite: assistant tokens were labelled
+
+
+def test_two_ddp_processes_end_with_identical_parameters(simulated, tmp_path):
+    """torchrun with 2 CPU processes (gloo); each rank sees half of every batch and all must agree at the end."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+               str(root / "tests" / "ddp_worker.py"), str(tmp_path), "--dataset_name", str(simulated),
+               "--output_dir", str(tmp_path / "out"), *FAST, "--use_cpu", "true", "--max_train_examples", "16"]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    worlds = [torch.load(tmp_path / f"world{rank}.pt")["world_size"] for rank in (0, 1)]
+    assert worlds == [2, 2]  # really two processes in one group
+    first, second = (torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1))
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert first["anchor_module.film.2.weight"].abs().sum() > 0  # it trained: that layer starts at zero
+
+
+def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, monkeypatch):
+    """Killed in stage 2 after its second checkpoint; `--resume_from_checkpoint true` skips the finished stage 1,
+    resumes stage 2 from its checkpoint and ends where an uninterrupted run ends (to float tolerance)."""
+    options = ["--dataset_name", str(simulated), *FAST, "--save_strategy", "steps", "--save_steps", "1",
+               "--stage2_epochs", "2"]
+    whole = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "whole")))
+
+    class Killed(Exception):
+        pass
+
+    class DiesInStage2(train_sft.FusarSFTTrainer):
+        def training_step(self, *args, **kwargs):
+            if "stage2" in self.args.output_dir and self.state.global_step == 2:
+                raise Killed
+            return super().training_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_sft, "FusarSFTTrainer", DiesInStage2)
+    with pytest.raises(Killed):
+        train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "resumed")))
+    monkeypatch.setattr(train_sft, "FusarSFTTrainer", train_sft.FusarSFTTrainer.__mro__[1])
+    stages = []
+    real = train_sft.run_stage
+    monkeypatch.setattr(train_sft, "run_stage", lambda stage, *rest: stages.append(stage) or real(stage, *rest))
+    resumed = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"))
+    assert stages == [2]
+    expected = AutoModelForImageTextToText.from_pretrained(whole).state_dict()
+    got = AutoModelForImageTextToText.from_pretrained(resumed).state_dict()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
