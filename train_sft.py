@@ -215,7 +215,7 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
         from huggingface_hub import HfApi
 
         repo = HfApi().create_repo(training_args.hub_model_id or output.name, exist_ok=True).repo_id
-        HfApi().upload_folder(folder_path=str(output), repo_id=repo, ignore_patterns=["stage1/*", "stage2/*"],
+        HfApi().upload_folder(folder_path=str(output), repo_id=repo, ignore_patterns=["stage1/*", "stage2/*", "stage1-model/*"],
                               commit_message="FUSAR-GPT trained with train_sft.py")
     return output
 

@@ -207,3 +207,29 @@ def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, mon
     got = AutoModelForImageTextToText.from_pretrained(resumed).state_dict()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("recipe", ["qwen2_5_vl_7b.yaml", "qwen2_5_vl_3b.yaml", "tiny_cpu.yaml"])
+def test_recipe_configs_parse_with_the_papers_numbers(recipe):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / recipe
+    args, training_args, model_args = parse("--config", str(path), "--bf16", "false")  # no bf16 on this CPU
+    if recipe.startswith("qwen"):
+        assert (model_args.lora_r, model_args.lora_alpha, model_args.use_peft) == (8, 32, True)
+        assert (args.stage1_epochs, args.stage1_learning_rate, args.stage2_epochs, args.stage2_learning_rate) == (30, 1e-4, 5, 1e-5)
+        assert training_args.warmup_steps == 0.05 and training_args.per_device_train_batch_size > 1
+        assert training_args.max_length is None  # image tokens are never truncated
+
+
+def test_push_to_hub_uploads_the_checkpoint_and_its_card(simulated, tmp_path, local_hub):
+    from huggingface_hub import HfApi
+
+    args, training_args, model_args = parse("--dataset_name", str(simulated), "--output_dir", str(tmp_path / "out"),
+                                            *FAST, "--push_to_hub", "true", "--hub_model_id", "user/fusar-trained")
+    train_sft.main(args, training_args, model_args)
+    files = set(HfApi().list_repo_files("user/fusar-trained"))
+    assert {"README.md", "model.safetensors", "modeling_fusar.py", "loss_curve.png", "fusar_run.json",
+            "processor_config.json"} <= files and not any(f.startswith("stage") for f in files)
+    loaded = AutoModelForImageTextToText.from_pretrained("user/fusar-trained")
+    assert type(loaded).__name__ == "FusarForConditionalGeneration"
