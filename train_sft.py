@@ -204,6 +204,8 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
         if stage == 1 and args.stage == "both":  # where stage 2 resumes from, and the stage-1 model for ablations
             model.save_pretrained(stage1_result)
             processor.save_pretrained(stage1_result)
+    if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
+        model.peft_config["default"].base_model_name_or_path = str(stage1_result if args.stage == "both" else args.model)
     model.save_pretrained(output)
     processor.save_pretrained(output)
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),

@@ -233,3 +233,14 @@ def test_push_to_hub_uploads_the_checkpoint_and_its_card(simulated, tmp_path, lo
             "processor_config.json"} <= files and not any(f.startswith("stage") for f in files)
     loaded = AutoModelForImageTextToText.from_pretrained("user/fusar-trained")
     assert type(loaded).__name__ == "FusarForConditionalGeneration"
+
+
+def test_lora_kept_as_an_adapter_names_its_base(simulated, tmp_path):
+    from peft import PeftModel
+
+    output = train_sft.main(*parse("--dataset_name", str(simulated), *FAST, "--output_dir", str(tmp_path / "out"),
+                                   "--use_peft", "true", "--merge_lora", "false"))
+    base = json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(output / "stage1-model")
+    model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), output)
+    assert type(model.get_base_model()).__name__ == "FusarForConditionalGeneration"
