@@ -1,13 +1,22 @@
-"""Evaluate a FUSAR-GPT checkpoint on a triplet dataset split: batched greedy generation, accuracy per task.
+"""fusar-eval: measure a FUSAR-GPT checkpoint on SAR tasks, with ablations, and write a report for a paper.
 
-This first version measures normalised exact match per task (what the training job needs to show that a model
-learned); task-specific metrics, ablations and reports build on `generate_answers` and `score`.
+    fusar-eval outputs/main/fusar-tiny --dataset outputs/main/data --output outputs/eval
+    fusar-eval CHECKPOINT --manifest authors/manifest.jsonl --base Qwen/Qwen2.5-VL-7B-Instruct --stage1 STAGE1_CKPT
+
+Batched greedy generation (left padding, KV cache); predictions are cached per example in
+`<output>/predictions/<variant>.jsonl`, so an interrupted evaluation resumes where it stopped. Metrics are the local
+`evaluate` modules in `metrics/` (counting, grid, classification, detection, caption, exact match). Variants:
+anchors as given; anchors removed; anchors shuffled across images; the base model without the anchor module
+(`--base`); the stage-1 checkpoint (`--stage1`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import random
 import re
-from collections import defaultdict
+from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
@@ -15,6 +24,11 @@ from tqdm.auto import tqdm
 from processing.anchors import as_anchor_set, collate_anchor_sets
 
 ANCHOR_DIM = 64
+METRICS_DIR = Path(__file__).with_name("metrics")
+TASK_METRICS = {"counting": "sar_counting", "localization": "sar_grid", "classification": "sar_classification",
+                "detection": "sar_detection", "caption": "sar_caption", "vqa": "sar_exact_match",
+                "landcover": "sar_exact_match"}
+
 
 
 def normalise(text: str) -> str:
@@ -31,35 +45,187 @@ def row_anchors(row: dict, anchor_dim: int = ANCHOR_DIM):
                           "mask": row["anchor_mask"], "years": row["anchor_years"] or None}, anchor_dim=anchor_dim)
 
 
+def variant_anchors(rows, variant: str, seed: int = 0) -> list | None:
+    """The anchors each row gets in an ablation: as given, none, or another image's (a fixed derangement)."""
+    if variant == "no anchors":
+        return None
+    anchors = [row_anchors(row) for row in rows]
+    if variant == "shuffled anchors" and len(rows) > 1:
+        order = list(range(len(rows)))
+        random.Random(seed).shuffle(order)
+        shift = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}  # nobody keeps its own
+        anchors = [anchors[shift[i]] for i in range(len(rows))]
+    return anchors
+
+
 @torch.no_grad()
 def generate_answers(model, processor, rows, batch_size: int = 16, max_new_tokens: int = 48,
-                     use_anchors: bool = True, progress: bool = True) -> list[str]:
-    """Greedy answers (left padding, KV cache) to each row's user turn, with or without its anchors."""
+                     use_anchors: bool = True, progress: bool = True, anchors=None) -> list[str]:
+    """Greedy answers (left padding, KV cache) to each row's user turn. `anchors` (one AnchorSet per row) replaces
+    the rows' own; `use_anchors=False` gives none."""
     model.eval()
     processor.tokenizer.padding_side = "left"
+    if use_anchors and anchors is None:
+        anchors = [row_anchors(row, model.config.anchor_dim) for row in rows]
+    # Rows of one task have answers of similar length: batched together, no batch waits long for one long answer.
+    order = sorted(range(len(rows)), key=lambda i: rows[i].get("task", ""))
+    rows = [rows[i] for i in order]
+    anchors = None if anchors is None else [anchors[i] for i in order]
     answers = []
-    batches = range(0, len(rows), batch_size)
-    for start in tqdm(batches, desc="generating", disable=not progress):
-        batch = [rows[i] for i in range(start, min(start + batch_size, len(rows)))]
+    for start in tqdm(range(0, len(rows), batch_size), desc="generating", disable=not progress):
+        batch = rows[start : start + batch_size]
         prompts = [processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["messages"][0]["content"]}]}],
             add_generation_prompt=True) for row in batch]
         inputs = processor(images=[row["image"] for row in batch], text=prompts, padding=True, return_tensors="pt")
-        if use_anchors:
-            inputs.update(collate_anchor_sets([row_anchors(row, model.config.anchor_dim) for row in batch],
-                                              [row["year"] for row in batch]))
+        if use_anchors and anchors is not None:
+            inputs.update(collate_anchor_sets(anchors[start : start + batch_size], [row["year"] for row in batch]))
         inputs = inputs.to(model.device)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return [answer.strip() for answer in answers]
+    in_order = [""] * len(answers)
+    for position, index in enumerate(order):
+        in_order[index] = answers[position].strip()
+    return in_order
 
 
 def score(rows, answers) -> dict[str, dict]:
     """Normalised exact-match accuracy and example count per task, and over all rows."""
-    hits, counts = defaultdict(int), defaultdict(int)
+    hits, counts = {}, {}
     for row, answer in zip(rows, answers):
         correct = normalise(answer) == normalise(row["messages"][-1]["content"])
         for key in (row["task"], "all"):
-            hits[key] += correct
-            counts[key] += 1
+            hits[key] = hits.get(key, 0) + correct
+            counts[key] = counts.get(key, 0) + 1
     return {task: {"accuracy": hits[task] / counts[task], "examples": counts[task]} for task in counts}
+
+
+def task_metrics(rows, answers) -> dict[str, dict]:
+    """Each task's metric module over its rows."""
+    import evaluate
+
+    results = {}
+    for task in sorted({row["task"] for row in rows}):
+        pairs = [(a, r["messages"][-1]["content"]) for r, a in zip(rows, answers) if r["task"] == task]
+        metric = evaluate.load(str(METRICS_DIR / TASK_METRICS.get(task, "sar_exact_match")))
+        results[task] = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
+    return results
+
+
+def cached_answers(path: Path, model, processor, rows, anchors, use_anchors: bool, batch_size: int,
+                   max_new_tokens: int) -> list[str]:
+    """Answers for every row, reusing those already in `path` (JSONL of {"id", "prediction"}) and appending new ones
+    batch by batch, so that a stopped run loses at most one batch."""
+    done = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                done[record["id"]] = record["prediction"]
+    todo = sorted((i for i, row in enumerate(rows) if row["id"] not in done), key=lambda i: rows[i]["task"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as file:
+        for start in tqdm(range(0, len(todo), batch_size), desc=path.stem, disable=not todo):
+            chunk = todo[start : start + batch_size]
+            answers = generate_answers(model, processor, [rows[i] for i in chunk], batch_size, max_new_tokens,
+                                       use_anchors, progress=False,
+                                       anchors=None if anchors is None else [anchors[i] for i in chunk])
+            for i, answer in zip(chunk, answers):
+                done[rows[i]["id"]] = answer
+                file.write(json.dumps({"id": rows[i]["id"], "prediction": answer}) + "\n")
+            file.flush()
+    return [done[row["id"]] for row in rows]
+
+
+def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int | None) -> list[dict]:
+    """Rows of a triplet dataset split (folder or Hub id), or of the authors' manifest (built in memory)."""
+    if manifest:
+        from dataset_scripts.builder import BuildConfig, scene_rows
+        from dataset_scripts.inputs import from_manifest
+
+        rows = [row for scene in from_manifest(manifest) for row in scene_rows(scene, BuildConfig())]
+        from PIL import Image
+        import io
+
+        for row in rows:
+            row["image"] = Image.open(io.BytesIO(row["image"]["bytes"]))
+    else:
+        import datasets
+
+        rows = list(datasets.load_dataset(dataset, split=split))
+    return rows[:limit] if limit else rows
+
+
+def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, output="outputs/eval", base=None,
+                        stage1=None, batch_size: int = 8, max_new_tokens: int = 128, limit=None,
+                        variants=("anchors", "no anchors", "shuffled anchors"), update_card: bool = True) -> dict:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_fusar  # noqa: F401
+    from evaluation.report import bar_plot, detection_overlays, markdown_table, update_model_card
+
+    output, checkpoint = Path(output), Path(checkpoint)
+    rows = load_rows(dataset, split, manifest, limit)
+    if not rows:
+        raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    models = {"checkpoint": AutoModelForImageTextToText.from_pretrained(checkpoint)}
+    plan = [(variant, "checkpoint", variant != "no anchors") for variant in variants]
+    if base:
+        from modeling_fusar import FusarForConditionalGeneration
+
+        models["base"] = FusarForConditionalGeneration.from_base(base)  # exactly the base: no modulation yet
+        plan.append(("base model", "base", False))
+    if stage1:
+        models["stage1"] = AutoModelForImageTextToText.from_pretrained(stage1)
+        plan.append(("stage 1 only", "stage1", True))
+    results, predictions = {}, {}
+    for variant, model_name, use_anchors in plan:
+        anchors = variant_anchors(rows, variant) if use_anchors else None
+        predictions[variant] = cached_answers(output / "predictions" / f"{variant.replace(' ', '_')}.jsonl",
+                                              models[model_name], processor, rows, anchors, use_anchors, batch_size,
+                                              max_new_tokens)
+        results[variant] = task_metrics(rows, predictions[variant])
+    reference = plan[0][0]
+    table = markdown_table(results, reference)
+    (output / "results.md").write_text(table + "\n")
+    report = {"config": {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "manifest": manifest,
+                         "base": base, "stage1": stage1, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
+                         "examples": len(rows)},
+              "metrics": results,
+              "predictions": [{"id": row["id"], "task": row["task"], "reference": row["messages"][-1]["content"],
+                               **{variant: predictions[variant][i] for variant in predictions}}
+                              for i, row in enumerate(rows)]}
+    (output / "results.json").write_text(json.dumps(report, indent=2, default=float))
+    bar_plot(results, output / "tasks.png")
+    detection_overlays(rows, predictions[reference], output / "detections.png")
+    if update_card:
+        update_model_card(checkpoint, results[reference], manifest or dataset, split)
+    print(table)
+    return report
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fusar-eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", help="FUSAR-GPT checkpoint folder")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--dataset", help="triplet dataset folder or Hub id")
+    source.add_argument("--manifest", help="the authors' JSONL manifest with .npz anchors")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
+    parser.add_argument("--base", help="also evaluate this base model without the anchor module")
+    parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    parser.add_argument("--no-card", action="store_true", help="leave the checkpoint's model card as it is")
+    args = parser.parse_args(argv)
+    try:
+        evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
+                            args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=not args.no_card)
+    except ValueError as error:
+        parser.exit(2, f"fusar-eval: {error}\n")
+
+
+if __name__ == "__main__":
+    main()

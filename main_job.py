@@ -1,7 +1,8 @@
 """fusar-main: the project's main job on the embedded default, on a CPU, with nothing downloaded.
 
 simulated dataset -> stage 1 -> stage 2 (FUSAR-GPT, and the same run without anchors) -> evaluation on the
-held-out split -> a results table, the checkpoints and the report.
+held-out split (untrained vs trained vs trained without anchors; then fusar-eval's task metrics and ablations of
+the checkpoint) -> results tables, the checkpoints and the reports.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import TrlParser
 
 from dataset_scripts.simulate import simulate
-from evaluate_bench import generate_answers, score
+from evaluate_bench import evaluate_checkpoint, generate_answers, score
 from train_sft import FusarArguments, ModelConfig, SFTConfig, load_model, load_triplets
 from train_sft import main as train
 from training.report import write_model_card
@@ -90,7 +91,11 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     anchors_help = results["FUSAR-GPT"].get(key, 0) > results["same run, no anchors"].get(key, 0)
     print(f"trained beats untrained on the held-out split: {'yes' if learned else 'NO'}; with anchors beats without "
           f"on the anchor-dependent questions: {'yes' if anchors_help else 'NO'}")
-    print(f"checkpoint: {checkpoint} (loss curve, model card inside); report: {output / 'results.md'}; "
+    print("\nevaluate_bench on the checkpoint (task metrics; ablations of the same checkpoint):")
+    evaluate_checkpoint(checkpoint, dataset=str(data), split="test", output=output / "eval",
+                        stage1=str(checkpoint / "stage1-model"))
+    print(f"checkpoint: {checkpoint} (loss curve, model card inside); reports: {output / 'results.md'}, "
+          f"{output / 'eval'}; "
           f"{time.perf_counter() - start:.0f} s in all")
     return results
 

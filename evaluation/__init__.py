@@ -1,0 +1,1 @@
+"""Reports of evaluate_bench.py: tables, plots and the model card's model-index."""

@@ -1,0 +1,66 @@
+"""Detection: precision, recall and F1 at IoU 0.25 and 0.5 over all boxes, matching greedily one-to-one within
+each class (highest IoU first). Answers are JSON lists `[{"bbox_2d": [x1, y1, x2, y2], "label": ...}]` (a JSON
+block inside other text is found); an answer that does not parse counts as no detections, and is counted."""
+
+import json
+import re
+
+import datasets
+import evaluate
+
+THRESHOLDS = (0.25, 0.5)
+
+
+def boxes(text: str):
+    """[(label, (x1, y1, x2, y2))] or None when the text holds no valid detection list."""
+    match = re.search(r"\[.*\]", text or "", re.DOTALL)
+    try:
+        items = json.loads(match.group()) if match else None
+        return [(str(i["label"]).strip().lower(), tuple(float(v) for v in i["bbox_2d"])) for i in items]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+
+
+def iou(a, b) -> float:
+    width = min(a[2], b[2]) - max(a[0], b[0])
+    height = min(a[3], b[3]) - max(a[1], b[1])
+    if width <= 0 or height <= 0:
+        return 0.0
+    inter = width * height
+    area = lambda box: max(box[2] - box[0], 0) * max(box[3] - box[1], 0)  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def matches(predicted, target, threshold: float) -> int:
+    """True positives: greedy one-to-one matching per class, pairs taken by decreasing IoU."""
+    pairs = sorted(((iou(p, t), i, j) for i, (pl, p) in enumerate(predicted) for j, (tl, t) in enumerate(target)
+                    if pl == tl), reverse=True)
+    used_p, used_t, hits = set(), set(), 0
+    for overlap, i, j in pairs:
+        if overlap >= threshold and i not in used_p and j not in used_t:
+            used_p.add(i), used_t.add(j)
+            hits += 1
+    return hits
+
+
+class SarDetection(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description=__doc__, citation="", inputs_description="predictions, references: JSON box lists as text",
+            features=datasets.Features({"predictions": datasets.Value("string"), "references": datasets.Value("string")}))
+
+    def _compute(self, predictions, references):
+        results, unparsable = {}, 0
+        parsed = []
+        for prediction, reference in zip(predictions, references):
+            predicted = boxes(prediction)
+            unparsable += predicted is None
+            parsed.append((predicted or [], boxes(reference) or []))
+        for threshold in THRESHOLDS:
+            tp = sum(matches(p, t, threshold) for p, t in parsed)
+            n_pred, n_true = sum(len(p) for p, _ in parsed), sum(len(t) for _, t in parsed)
+            precision = tp / n_pred if n_pred else 0.0
+            recall = tp / n_true if n_true else 0.0
+            f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+            results.update({f"precision@{threshold}": precision, f"recall@{threshold}": recall, f"f1@{threshold}": f1})
+        return {**results, "unparsable": unparsable, "examples": len(references)}
