@@ -1,0 +1,61 @@
+"""fusar-publish: put a FUSAR-GPT checkpoint, a triplet dataset and the demo Space on the Hub in one command.
+
+    fusar-publish --model outputs/main/fusar-tiny --dataset outputs/main/data --space spaces --namespace USER
+
+Uses whatever Hub `HF_ENDPOINT` points at and the token of `hf auth login` / `HF_TOKEN` (never printed). Each
+folder is uploaded with its card; the Space gets the packages its app imports beside `app.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from huggingface_hub import HfApi
+
+PACKAGES = ("modeling_fusar", "processing", "dataset_scripts")
+SKIP = ["stage1/*", "stage2/*", "stage1-model/*", "*.partial/*", "**/__pycache__/*", "*.pyc", "*.cache/*"]
+
+
+def publish(namespace: str, model=None, dataset=None, space=None, private: bool = False, api: HfApi | None = None) -> dict:
+    """Upload what is given; returns {kind: URL}."""
+    api = api or HfApi()
+    urls = {}
+    if model:
+        repo = api.create_repo(f"{namespace}/{Path(model).name}", private=private, exist_ok=True).repo_id
+        api.upload_folder(folder_path=str(model), repo_id=repo, ignore_patterns=SKIP, commit_message="Upload FUSAR-GPT")
+        urls["model"] = f"{api.endpoint}/{repo}"
+    if dataset:
+        repo = api.create_repo(f"{namespace}/{Path(dataset).name}", repo_type="dataset", private=private, exist_ok=True).repo_id
+        api.upload_folder(folder_path=str(dataset), repo_id=repo, repo_type="dataset", ignore_patterns=SKIP,
+                          commit_message="Upload the SAR triplet dataset")
+        urls["dataset"] = f"{api.endpoint}/datasets/{repo}"
+    if space:
+        repo = api.create_repo(f"{namespace}/fusar-gpt-demo", repo_type="space", space_sdk="gradio", private=private,
+                               exist_ok=True).repo_id
+        api.upload_folder(folder_path=str(space), repo_id=repo, repo_type="space", ignore_patterns=SKIP,
+                          commit_message="Upload the FUSAR-GPT demo")
+        root = Path(__file__).resolve().parent
+        for package in PACKAGES:  # the app imports these; a Space cannot pip install this checkout
+            api.upload_folder(folder_path=str(root / package), path_in_repo=package, repo_id=repo, repo_type="space",
+                              ignore_patterns=SKIP, commit_message=f"Add {package}")
+        urls["space"] = f"{api.endpoint}/spaces/{repo}"
+    return urls
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="fusar-publish", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--namespace", required=True, help="Hub user or organisation")
+    parser.add_argument("--model", help="checkpoint folder (with its model card)")
+    parser.add_argument("--dataset", help="dataset folder built by fusar-data (with its card)")
+    parser.add_argument("--space", help="the Space folder (spaces/)")
+    parser.add_argument("--private", action="store_true")
+    args = parser.parse_args(argv)
+    if not (args.model or args.dataset or args.space):
+        parser.error("give at least one of --model, --dataset, --space")
+    for kind, url in publish(args.namespace, args.model, args.dataset, args.space, args.private).items():
+        print(f"{kind}: {url}")
+
+
+if __name__ == "__main__":
+    main()

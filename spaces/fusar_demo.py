@@ -1,0 +1,180 @@
+"""What the Space does, without the page: read an uploaded SAR image and anchors safely, ask FUSAR-GPT, draw its
+boxes, and map where the anchors modulate the image."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+MAX_UPLOAD_BYTES = 50 * 2**20
+MAX_PIXELS = 8192 * 8192  # decompression bombs stop here
+DEFAULT_CHECKPOINT = "outputs/main/fusar-tiny"
+TASKS = {
+    "Describe the scene": "Describe this SAR image.",
+    "Count ships": "How many ships are in this SAR image? Answer with a number.",
+    "Detect objects": 'Detect every object in this SAR image. Answer in JSON as [{"bbox_2d": [x1, y1, x2, y2], "label": ...}] in pixels.',
+    "Land cover at the centre": "What land cover is at the centre of this scene? Answer with one of: water, forest, "
+                                "cropland, grassland, urban, bare soil.",
+}
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+class UserError(ValueError):
+    """A problem with what the user gave; shown in the page as it is."""
+
+
+@functools.cache
+def load_checkpoint(checkpoint: str = DEFAULT_CHECKPOINT):
+    import modeling_fusar  # noqa: F401
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if not Path(checkpoint).exists() and "/" not in checkpoint:
+        raise UserError(f"No checkpoint at {checkpoint}: run `fusar-main` first, or pass a checkpoint path or Hub id.")
+    try:
+        return AutoModelForImageTextToText.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint)
+    except OSError as error:
+        raise UserError(f"Cannot load the checkpoint {checkpoint}: {type(error).__name__}") from error
+
+
+def checked_file(path) -> Path:
+    path = Path(path)
+    if path.stat().st_size > MAX_UPLOAD_BYTES:
+        raise UserError(f"{path.name} is larger than {MAX_UPLOAD_BYTES // 2**20} MiB.")
+    return path
+
+
+def read_image(path):
+    """The model's 8-bit image and, for a georeferenced GeoTIFF, its footprint and year. Sizes are checked from the
+    file's header before any pixel is decoded."""
+    from dataset_scripts.sar_reader import read_sar_scene
+
+    path = checked_file(path)
+    width, height = image_size(path)
+    if width * height > MAX_PIXELS:
+        raise UserError(f"{path.name} has {width} x {height} pixels; the limit is {MAX_PIXELS} pixels.")
+    try:
+        return read_sar_scene(path)
+    except (ValueError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path.name}: {error}".replace(str(path), path.name)) from error
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+
+        try:
+            with rasterio.open(path) as dataset:
+                return dataset.width, dataset.height
+        except rasterio.errors.RasterioError as error:
+            raise UserError(f"{path.name} is not a readable GeoTIFF.") from error
+    try:
+        with Image.open(path) as image:  # lazy: reads the header only
+            return image.size
+    except (OSError, Image.DecompressionBombError) as error:
+        raise UserError(f"{path.name}: not a readable image file.") from error
+
+
+def read_anchors(scene, npz=None, tiles=None):
+    """Anchors from an uploaded .npz, or sampled from a folder of AlphaEarth tiles under a georeferenced scene."""
+    from dataset_scripts.alphaearth import AlphaEarthTiles, sample_anchors
+    from processing.anchors import as_anchor_set
+
+    if npz:
+        try:
+            return as_anchor_set(checked_file(npz), anchor_dim=64)
+        except ValueError as error:
+            raise UserError(f"The anchor file is not usable: {str(error).replace(str(npz), Path(npz).name)}") from error
+    if tiles:
+        if scene.footprint is None or scene.year is None:
+            raise UserError("Anchors from tiles need a georeferenced GeoTIFF with a known acquisition year.")
+        try:
+            return sample_anchors(AlphaEarthTiles(tiles), scene.footprint, scene.year)
+        except ValueError as error:
+            raise UserError(f"The AlphaEarth folder is not usable: {error}") from error
+    return None
+
+
+@torch.no_grad()
+def ask(model, processor, image: Image.Image, anchors, question: str, max_new_tokens: int = 96) -> str:
+    from processing.anchors import collate_anchor_sets
+
+    prompt = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True)
+    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
+    if anchors is not None:
+        inputs.update(collate_anchor_sets([anchors]))
+    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+
+
+def draw_boxes(image: Image.Image, answer: str) -> Image.Image:
+    """The image with the boxes of a detection answer drawn on it (unchanged when the answer has none)."""
+    from PIL import ImageDraw
+
+    canvas = image.convert("RGB").copy()
+    try:
+        start, end = answer.index("["), answer.rindex("]") + 1
+        boxes = json.loads(answer[start:end])
+    except ValueError:
+        return canvas
+    draw = ImageDraw.Draw(canvas)
+    for box in boxes if isinstance(boxes, list) else []:
+        try:
+            x1, y1, x2, y2 = (float(v) for v in box["bbox_2d"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=2)
+        draw.text((x1 + 2, y1 + 1), str(box.get("label", "")), fill=(255, 40, 40))
+    return canvas
+
+
+@torch.no_grad()
+def modulation_map(model, processor, image: Image.Image, anchors) -> Image.Image:
+    """A heat map over the image of how strongly the anchors modulate each visual token (mean |gamma| + |beta|)."""
+    import matplotlib
+
+    from modeling_fusar.anchor_modulation import check_anchor_inputs
+    from modeling_fusar.visual_grids import visual_grids
+    from processing.anchors import collate_anchor_sets
+
+    if anchors is None or not anchors.mask.any():
+        return image.convert("RGB")
+    pixels = processor.image_processor(images=[processor.model_image(image)], return_tensors="pt")
+    grid = visual_grids(model.config.base_config, **pixels)[0]
+    tensors = collate_anchor_sets([anchors])
+    values, positions, mask = check_anchor_inputs(tensors["anchor_values"], tensors["anchor_positions"],
+                                                  tensors["anchor_mask"], model.config.anchor_dim, 1)
+    film, valid = model.anchor_module.film_parameters(values, mask, None)
+    weights = model.anchor_module.token_weights(grid, positions, valid)  # [1, S, tokens]
+    strength = (weights.transpose(1, 2) @ film.float()).abs().mean(-1)[0]
+    field = strength.reshape(grid.token_rows, grid.token_cols).numpy()
+    field = (field - field.min()) / (field.max() - field.min() + 1e-12)
+    heat = Image.fromarray((matplotlib.colormaps["inferno"](field)[..., :3] * 255).astype(np.uint8))
+    return Image.blend(image.convert("RGB"), heat.resize(image.size, Image.Resampling.BILINEAR), 0.5)
+
+
+def run(checkpoint: str, image_file, npz_file, tiles_dir: str, task: str, question: str):
+    """(answer, image with boxes, modulation map, message) for the page; problems become a message, never a trace."""
+    try:
+        if not image_file:
+            raise UserError("Upload a SAR image (PNG, JPEG or GeoTIFF).")
+        model, processor = load_checkpoint(checkpoint)
+        scene = read_image(image_file)
+        anchors = read_anchors(scene, npz_file, tiles_dir.strip() or None if tiles_dir else None)
+        text = (question or "").strip() or TASKS.get(task, TASKS["Describe the scene"])
+        answer = ask(model, processor, scene.image, anchors, text)
+        note = "no anchors" if anchors is None else f"{int(anchors.mask.any(-1).sum())} anchors"
+        return answer, draw_boxes(scene.image, answer), modulation_map(model, processor, scene.image, anchors), \
+            f"Answered with {note}."
+    except UserError as error:
+        return "", None, None, str(error)
+    except Exception as error:  # the page shows a message, never a stack trace or a secret
+        token = os.environ.get("HF_TOKEN")
+        message = f"Something went wrong ({type(error).__name__})."
+        return "", None, None, message.replace(token, "***") if token else message

@@ -1,0 +1,154 @@
+"""The Spaces demo: its functions directly, then the page in a real (headless) Chromium."""
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spaces"))
+import fusar_demo  # noqa: E402
+
+import train_sft  # noqa: E402
+from conftest import shared_data  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from dataset_scripts.simulate import simulate
+    from test_training import FAST, parse
+
+    folder = tmp_path_factory.mktemp("space")
+    data = simulate(folder / "data", scenes=16)
+    output = train_sft.main(*parse("--dataset_name", str(data), "--output_dir", str(folder / "model"), *FAST))
+    model, _ = fusar_demo.load_checkpoint(str(output))
+    import torch
+
+    torch.nn.init.normal_(model.anchor_module.film[-1].weight, std=0.1)  # visible modulation for the heat map
+    return str(output), folder / "data.raw"
+
+
+def test_a_png_chip_with_an_npz(checkpoint, tmp_path):
+    path, _ = checkpoint
+    np.savez(tmp_path / "a.npz", features=np.eye(64, dtype=np.float32)[:9], positions=np.random.default_rng(0).uniform(size=(9, 2)))
+    answer, boxes, heat, message = fusar_demo.run(path, str(shared_data("sar_ship_chips", "ship010902.jpg")),
+                                                  str(tmp_path / "a.npz"), "", "Detect objects", "")
+    assert message == "Answered with 9 anchors." and isinstance(answer, str)
+    assert boxes.size == heat.size == (256, 256)
+    assert not np.array_equal(np.asarray(heat), np.asarray(boxes))  # the heat map is drawn over the image
+
+
+def test_a_georeferenced_geotiff_with_alphaearth_tiles(checkpoint):
+    path, raw = checkpoint
+    scene = sorted((raw / "sar").glob("*.tif"))[0]
+    answer, boxes, heat, message = fusar_demo.run(path, str(scene), None, str(raw / "alphaearth"), "Land cover at the centre", "")
+    assert message == "Answered with 64 anchors." and isinstance(answer, str) and heat.size == boxes.size
+
+
+def test_boxes_are_drawn_from_a_detection_answer():
+    image = Image.new("RGB", (50, 50))
+    drawn = np.asarray(fusar_demo.draw_boxes(image, 'Found: [{"bbox_2d": [10, 10, 30, 30], "label": "ship"}]'))
+    assert drawn[10, 10:31].any() and not drawn[40, 40].any()
+    assert np.array_equal(np.asarray(fusar_demo.draw_boxes(image, "no boxes")), np.asarray(image))
+
+
+@pytest.mark.parametrize("content, name, message", [
+    (b"not an image at all", "scene.png", "scene.png: not a readable image file"),
+    (b"II*\x00garbage", "scene.tif", "scene.tif is not a readable GeoTIFF"),
+])
+def test_bad_files_give_a_message_not_a_trace(checkpoint, tmp_path, content, name, message):
+    (tmp_path / name).write_bytes(content)
+    answer, boxes, heat, shown = fusar_demo.run(checkpoint[0], str(tmp_path / name), None, "", "Count ships", "")
+    assert answer == "" and boxes is None and message in shown and "Traceback" not in shown
+    assert str(tmp_path) not in shown  # no server paths either
+
+
+def test_limits_and_missing_inputs(checkpoint, tmp_path, monkeypatch):
+    Image.new("L", (64, 64)).save(tmp_path / "small.png")
+    monkeypatch.setattr(fusar_demo, "MAX_UPLOAD_BYTES", 10)
+    assert "larger than" in fusar_demo.run(checkpoint[0], str(tmp_path / "small.png"), None, "", "Count ships", "")[3]
+    assert "Upload a SAR image" in fusar_demo.run(checkpoint[0], None, None, "", "Count ships", "")[3]
+    assert "run `fusar-main` first" in fusar_demo.run("no-such-checkpoint", str(tmp_path / "small.png"), None, "", "", "")[3]
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", (9000, 9000)).save(bomb, optimize=True)  # 81 megapixels in a small file
+    monkeypatch.setattr(fusar_demo, "MAX_UPLOAD_BYTES", 50 * 2**20)
+    assert "pixels" in fusar_demo.run(checkpoint[0], str(bomb), None, "", "Count ships", "")[3]
+
+
+def test_the_token_never_reaches_the_page(checkpoint, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value_123")
+    monkeypatch.setattr(fusar_demo, "ask", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("hf_secret_value_123")))
+    Image.new("L", (64, 64)).save(tmp_path / "x.png")
+    outputs = fusar_demo.run(checkpoint[0], str(tmp_path / "x.png"), None, "", "Count ships", "")
+    assert "hf_secret_value_123" not in json.dumps([o for o in outputs if isinstance(o, str)]) + capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_page_in_a_real_browser(checkpoint, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    import app
+
+    demo = app.build(checkpoint[0])
+    demo.launch(server_name="127.0.0.1", server_port=7871, prevent_thread_lock=True, quiet=True)
+    try:
+        chip = str(shared_data("sar_ship_chips", "ship010902.jpg"))
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(
+                executable_path="/usr/bin/chromium", headless=True,
+                args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                      "--disable-sync", "--no-first-run"])
+            page = browser.new_page()
+            page.goto("http://127.0.0.1:7871", wait_until="networkidle")
+            page.locator("#image input[type=file]").set_input_files(chip)
+            page.locator("#question textarea").fill("How many ships are there?")
+            page.wait_for_timeout(500)
+            page.locator("#ask").click()
+            page.wait_for_function("document.querySelector('#message') && document.querySelector('#message').innerText.includes('Answered')",
+                                   timeout=60_000)
+            assert page.locator("#heat img").count() == 1 and page.locator("#boxes img").count() == 1
+            page.screenshot(path=str(tmp_path / "page.png"))
+            browser.close()
+    finally:
+        demo.close()
+
+
+def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys):
+    """One command; then the model loads back with trust_remote_code (same logits), the dataset with load_dataset
+    (images and arrays intact), and the Space holds its files."""
+    import datasets
+    import torch
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForImageTextToText
+
+    import publish
+    from evaluate_bench import row_anchors
+    from processing.anchors import collate_anchor_sets
+
+    model_dir, raw = checkpoint
+    data_dir = raw.parent / "data"
+    space_dir = Path(__file__).resolve().parents[1] / "spaces"
+    publish.main(["--namespace", "user", "--model", model_dir, "--dataset", str(data_dir), "--space", str(space_dir)])
+    printed = capsys.readouterr().out
+    assert "model: " in printed and "/datasets/user/data" in printed and "/spaces/user/fusar-gpt-demo" in printed
+    assert "hf_local_test_token" not in printed
+
+    local = AutoModelForImageTextToText.from_pretrained(model_dir).eval()
+    remote = AutoModelForImageTextToText.from_pretrained(f"user/{Path(model_dir).name}", trust_remote_code=True).eval()
+    _, processor = fusar_demo.load_checkpoint(model_dir)
+    rows = list(datasets.load_dataset(str(data_dir), split="train", cache_dir=str(tmp_path / "cache")).select(range(2)))
+    hub_rows = list(datasets.load_dataset("user/data", split="train").select(range(2)))
+    assert all(np.array_equal(np.asarray(a["image"]), np.asarray(b["image"])) and a["anchor_values"] == b["anchor_values"]
+               for a, b in zip(rows, hub_rows))
+    prompt = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "q"}]}],
+                                           add_generation_prompt=True)
+    inputs = processor(images=[rows[0]["image"]], text=[prompt], return_tensors="pt")
+    inputs.update(collate_anchor_sets([row_anchors(rows[0])]))
+    with torch.no_grad():
+        assert torch.equal(local(**inputs).logits, remote(**inputs).logits)
+    files = set(HfApi().list_repo_files("user/fusar-gpt-demo", repo_type="space"))
+    assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py",
+            "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
