@@ -46,15 +46,19 @@ def row_anchors(row: dict, anchor_dim: int = ANCHOR_DIM):
 
 
 def variant_anchors(rows, variant: str, seed: int = 0) -> list | None:
-    """The anchors each row gets in an ablation: as given, none, or another image's (a fixed derangement)."""
+    """The anchors each row gets in an ablation: as given, none, or another scene's (a fixed derangement of the
+    scenes, so that no row keeps its own scene's anchors)."""
     if variant == "no anchors":
         return None
     anchors = [row_anchors(row) for row in rows]
-    if variant == "shuffled anchors" and len(rows) > 1:
-        order = list(range(len(rows)))
-        random.Random(seed).shuffle(order)
-        shift = {order[i]: order[(i + 1) % len(order)] for i in range(len(order))}  # nobody keeps its own
-        anchors = [anchors[shift[i]] for i in range(len(rows))]
+    scenes = list(dict.fromkeys(row.get("scene_id", row["id"]) for row in rows))
+    if variant == "shuffled anchors" and len(scenes) > 1:
+        random.Random(seed).shuffle(scenes)
+        donor_scene = {scene: scenes[(i + 1) % len(scenes)] for i, scene in enumerate(scenes)}
+        first_row = {}
+        for i, row in enumerate(rows):
+            first_row.setdefault(row.get("scene_id", row["id"]), i)
+        anchors = [anchors[first_row[donor_scene[row.get("scene_id", row["id"])]]] for row in rows]
     return anchors
 
 
@@ -113,17 +117,22 @@ def task_metrics(rows, answers) -> dict[str, dict]:
 
 
 def cached_answers(path: Path, model, processor, rows, anchors, use_anchors: bool, batch_size: int,
-                   max_new_tokens: int) -> list[str]:
-    """Answers for every row, reusing those already in `path` (JSONL of {"id", "prediction"}) and appending new ones
-    batch by batch, so that a stopped run loses at most one batch."""
-    done = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            if line.strip():
+                   max_new_tokens: int, setting: dict) -> list[str]:
+    """Answers for every row, reusing those already in `path` and appending new ones batch by batch, so that a
+    stopped run loses at most one batch. The file's first line records `setting` (model, data, generation); a cache
+    made with another setting is discarded, and a line cut short by a stop is ignored."""
+    done, lines = {}, path.read_text().splitlines() if path.exists() else []
+    if lines and lines[0] == json.dumps({"setting": setting}, sort_keys=True):
+        for line in lines[1:]:
+            try:
                 record = json.loads(line)
                 done[record["id"]] = record["prediction"]
+            except (ValueError, KeyError, TypeError):
+                continue
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"setting": setting}, sort_keys=True) + "\n")
     todo = sorted((i for i, row in enumerate(rows) if row["id"] not in done), key=lambda i: rows[i]["task"])
-    path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as file:
         for start in tqdm(range(0, len(todo), batch_size), desc=path.stem, disable=not todo):
             chunk = todo[start : start + batch_size]
@@ -182,9 +191,11 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     results, predictions = {}, {}
     for variant, model_name, use_anchors in plan:
         anchors = variant_anchors(rows, variant) if use_anchors else None
+        setting = {"model": str({"checkpoint": checkpoint, "base": base, "stage1": stage1}[model_name]),
+                   "data": str(manifest or dataset), "split": split, "rows": len(rows), "max_new_tokens": max_new_tokens}
         predictions[variant] = cached_answers(output / "predictions" / f"{variant.replace(' ', '_')}.jsonl",
                                               models[model_name], processor, rows, anchors, use_anchors, batch_size,
-                                              max_new_tokens)
+                                              max_new_tokens, setting)
         results[variant] = task_metrics(rows, predictions[variant])
     reference = plan[0][0]
     table = markdown_table(results, reference)

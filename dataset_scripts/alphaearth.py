@@ -151,8 +151,10 @@ class AlphaEarthTiles:
                                      f"{dataset.count}-band {dataset.dtypes[0]}")
                 values = _read_points(dataset, tile_crs, tx[inside], ty[inside])
             index = np.flatnonzero(todo)[inside]
-            out[index] = dequantize(values)
-            todo[index] = False
+            vectors = dequantize(values)
+            found = np.isfinite(vectors).all(-1)  # nodata here may be data in an overlapping tile (next UTM zone)
+            out[index[found]] = vectors[found]
+            todo[index[found]] = False
         return out
 
 
@@ -164,14 +166,20 @@ def _open(path):
 
 
 def _read_points(dataset, crs: CRS, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """[P, bands] values at the points, each read through a one-pixel window (never the whole raster)."""
+    """[P, bands] values at the points, each read through a one-pixel window (never the whole raster); points
+    outside the raster read as nodata (-128 for int8 tiles, NaN for float exports)."""
     if dataset.crs != crs:
-        xs, ys = transform_points(crs, dataset.crs, list(xs), list(ys))
+        xs, ys = (np.asarray(v) for v in transform_points(crs, dataset.crs, list(xs), list(ys)))
+    rows, cols = rasterio.transform.rowcol(dataset.transform, xs, ys)
+    outside = (np.asarray(rows) < 0) | (np.asarray(rows) >= dataset.height) | (np.asarray(cols) < 0) | (np.asarray(cols) >= dataset.width)
     values = np.stack(list(dataset.sample(zip(xs, ys), masked=False)))
-    if dataset.dtypes[0] != "int8":
-        values = values.astype(np.float32)
-        if dataset.nodata is not None and not np.isnan(dataset.nodata):
-            values[(values == dataset.nodata).all(-1)] = np.nan
+    if dataset.dtypes[0] == "int8":
+        values[outside] = NODATA
+        return values
+    values = values.astype(np.float32)
+    if dataset.nodata is not None and not np.isnan(dataset.nodata):
+        values[(values == dataset.nodata).all(-1)] = np.nan
+    values[outside] = np.nan
     return values
 
 

@@ -151,3 +151,23 @@ def test_reads_are_windowed(tmp_path, real_vectors, monkeypatch):
     anchors = sample_anchors(AlphaEarthTiles(tmp_path), footprint, 2024)
     assert anchors.mask.all()
     assert 0 < sum(read) < size / 10, f"read {sum(read)} bytes of a {size}-byte tile"
+
+
+def test_nodata_in_one_tile_does_not_hide_an_overlapping_tile(tmp_path):
+    """Neighbouring UTM zones' tiles overlap, each nodata outside its zone: a point must be read where it has data."""
+    vector = np.zeros(64)
+    vector[3] = 1.0
+    write_tile(tmp_path / "2020" / "31N" / "a.tiff", np.full((100, 100, 64), -128, np.int8), "EPSG:32631",
+               from_origin(500_000, 5_000_000, 10, 10))
+    write_tile(tmp_path / "2020" / "31N" / "b.tiff", np.broadcast_to(quantize(vector), (100, 100, 64)).copy(), "EPSG:32631",
+               from_origin(500_000, 5_000_000, 10, 10))
+    footprint = Footprint(rasterio.crs.CRS.from_epsg(32631), from_origin(500_100, 4_999_900, 10, 10), 20, 20)
+    assert sample_anchors(AlphaEarthTiles(tmp_path), footprint, 2020, grid_size=2).mask.all()
+
+
+def test_points_outside_a_float_export_are_masked(tmp_path):
+    with rasterio.open(tmp_path / "export.tif", "w", driver="GTiff", width=10, height=10, count=64, dtype="float32",
+                       crs="EPSG:32631", transform=from_origin(500_000, 5_000_000, 10, 10)) as dataset:
+        dataset.write(np.ones((64, 10, 10), np.float32))
+    far = Footprint(rasterio.crs.CRS.from_epsg(32631), from_origin(600_000, 5_000_000, 10, 10), 20, 20)
+    assert not sample_anchors(AlphaEarthGeoTIFF(tmp_path / "export.tif", 2020), far, 2020, grid_size=2).mask.any()

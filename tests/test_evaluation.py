@@ -115,7 +115,9 @@ def test_end_to_end_with_resumption(trained, tmp_path, monkeypatch):
     # Resumption: drop the last half of one cache, as if stopped; only those rows are generated again.
     cache = tmp_path / "predictions" / "anchors.jsonl"
     kept = {p["id"] for p in report["predictions"][:6]}
-    cache.write_text("".join(line + "\n" for line in cache.read_text().splitlines() if json.loads(line)["id"] in kept))
+    header, *lines = cache.read_text().splitlines()
+    kept_lines = [line for line in lines if json.loads(line)["id"] in kept]
+    cache.write_text("\n".join([header, *kept_lines]) + '\n{"id": "cut sho')  # and a line the stop cut short
     generated = []
     real = evaluate_bench.generate_answers
     monkeypatch.setattr(evaluate_bench, "generate_answers", lambda m, p, batch, *a, **k: generated.extend(batch) or real(m, p, batch, *a, **k))
@@ -134,3 +136,31 @@ def test_the_authors_manifest_as_input(trained, tmp_path):
                                                 output=tmp_path / "out", max_new_tokens=4, update_card=False,
                                                 variants=("anchors",))
     assert {p["task"] for p in report["predictions"]} == {"counting", "localization", "detection"}
+
+
+def test_a_cache_from_another_setting_is_not_reused(trained, tmp_path):
+    data, checkpoint = trained
+    options = dict(dataset=str(data), split="train", output=tmp_path, limit=4, update_card=False, variants=("anchors",))
+    evaluate_bench.evaluate_checkpoint(checkpoint, max_new_tokens=2, **options)
+    cache = tmp_path / "predictions" / "anchors.jsonl"
+    first = cache.read_text()
+    evaluate_bench.evaluate_checkpoint(checkpoint, max_new_tokens=5, **options)
+    assert '"max_new_tokens": 5' in cache.read_text().splitlines()[0] and cache.read_text() != first
+
+
+def test_shuffled_anchors_never_give_a_row_its_own_scenes():
+    examples = rows(6)
+    for i, row in enumerate(examples):
+        row["scene_id"] = f"s{i // 2}"  # two rows per scene, as in real datasets
+    own = variant_anchors(examples, "anchors")
+    shuffled = variant_anchors(examples, "shuffled anchors")
+    for i, row in enumerate(examples):
+        same_scene = [j for j, other in enumerate(examples) if other["scene_id"] == row["scene_id"]]
+        assert all(not np.array_equal(shuffled[i].values, own[j].values) for j in same_scene)
+
+
+def test_malformed_boxes_are_unparsable_not_a_crash():
+    result = metric("sar_detection").compute(
+        predictions=['[{"bbox_2d": [1, 2, 3], "label": "ship"}]', '[{"bbox_2d": [0, 0, 9, 9], "label": "ship"}] and [x]'],
+        references=[json.dumps([box(0, 0, 9, 9)])] * 2)
+    assert result["unparsable"] == 1 and result["recall@0.5"] == 0.5

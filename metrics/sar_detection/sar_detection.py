@@ -3,7 +3,7 @@ each class (highest IoU first). Answers are JSON lists `[{"bbox_2d": [x1, y1, x2
 block inside other text is found); an answer that does not parse counts as no detections, and is counted."""
 
 import json
-import re
+import math
 
 import datasets
 import evaluate
@@ -12,13 +12,17 @@ THRESHOLDS = (0.25, 0.5)
 
 
 def boxes(text: str):
-    """[(label, (x1, y1, x2, y2))] or None when the text holds no valid detection list."""
-    match = re.search(r"\[.*\]", text or "", re.DOTALL)
+    """[(label, (x1, y1, x2, y2))] from the first JSON list in the text, or None when there is no valid one
+    (every box needs a label and exactly four finite numbers)."""
+    text = text or ""
     try:
-        items = json.loads(match.group()) if match else None
-        return [(str(i["label"]).strip().lower(), tuple(float(v) for v in i["bbox_2d"])) for i in items]
+        items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
+        parsed = [(str(i["label"]).strip().lower(), tuple(float(v) for v in i["bbox_2d"])) for i in items]
     except (ValueError, TypeError, KeyError, AttributeError):
         return None
+    if not all(len(box) == 4 and all(math.isfinite(v) for v in box) for _, box in parsed):
+        return None
+    return parsed
 
 
 def iou(a, b) -> float:
