@@ -182,8 +182,8 @@ def resume_point(value, stage_dir: str):
     """Where a stage resumes: an explicit checkpoint folder, else the stage's own latest checkpoint, if any."""
     if not wants_resume(value):
         return None
-    if value not in (True, "true", "True"):
-        return value
+    if value not in (True, "true", "True"):  # an explicit checkpoint belongs to the stage whose folder holds it
+        return value if Path(value).resolve().is_relative_to(Path(stage_dir).resolve()) else None
     return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
 
 
@@ -196,14 +196,17 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     stage1_result = output / "stage1-model"
     for stage in (1, 2) if args.stage == "both" else (int(args.stage),):
         if stage == 1 and args.stage == "both" and wants_resume(training_args.resume_from_checkpoint) \
-                and (stage1_result / "config.json").exists():
-            model = AutoModelForImageTextToText.from_pretrained(stage1_result)  # stage 1 finished before the stop
+                and (stage1_result / "history.json").exists():  # stage 1 finished before the stop
+            model = AutoModelForImageTextToText.from_pretrained(
+                stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+            history += json.loads((stage1_result / "history.json").read_text())
             continue
         model, log = run_stage(stage, model, processor, dataset, args, training_args, model_args)
         history += [dict(entry, stage=stage) for entry in log]
         if stage == 1 and args.stage == "both":  # where stage 2 resumes from, and the stage-1 model for ablations
             model.save_pretrained(stage1_result)
             processor.save_pretrained(stage1_result)
+            (stage1_result / "history.json").write_text(json.dumps(history))  # written last: stage 1 is complete
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         model.peft_config["default"].base_model_name_or_path = str(stage1_result if args.stage == "both" else args.model)
     model.save_pretrained(output)

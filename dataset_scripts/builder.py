@@ -9,6 +9,7 @@ when complete: nothing half-written is ever taken for a dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -114,6 +115,19 @@ def _build_shard(args) -> dict:
     return meta
 
 
+def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, alphaearth) -> None:
+    """Finished shards are reused only by the build that made them: the same scenes, options and anchor source."""
+    fingerprint = hashlib.sha1(json.dumps(
+        {"scenes": [dataclasses.asdict(s) for s in scenes], "config": dataclasses.asdict(config),
+         "alphaearth": repr(vars(alphaearth)) if alphaearth is not None else None}, sort_keys=True, default=str,
+    ).encode()).hexdigest()
+    record = work / "build.json"
+    if record.exists() and json.loads(record.read_text())["fingerprint"] != fingerprint:
+        raise ValueError(f"{work} holds an unfinished build of other inputs or options; run that build again to finish "
+                         "it, or delete the folder to start this one")
+    record.write_text(json.dumps({"fingerprint": fingerprint}))
+
+
 def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, alphaearth=None,
           num_proc: int = 1, overwrite: bool = False) -> Path:
     """Build the dataset of `scenes` into `output` (parquet shards per split and a card); returns `output`."""
@@ -128,6 +142,7 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
         duplicate = next(k for k, n in Counter(s.scene_id for s in scenes).items() if n > 1)
         raise ValueError(f"scene id {duplicate!r} appears more than once in the inputs")
     shards = [scenes[i : i + config.shard_size] for i in range(0, len(scenes), config.shard_size)]
+    check_same_build(work, scenes, config, alphaearth)
     todo = [(n, shard, config, alphaearth, work) for n, shard in enumerate(shards)
             if not (work / f"shard-{n:05d}.parquet").exists()]
     with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="scenes -> rows (shards)", unit="shard") as bar:

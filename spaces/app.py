@@ -20,13 +20,15 @@ from fusar_demo import DEFAULT_CHECKPOINT, MAX_UPLOAD_BYTES, TASKS, run  # noqa:
 def build(checkpoint: str = DEFAULT_CHECKPOINT) -> gr.Blocks:
     with gr.Blocks(title="FUSAR-GPT") as demo:
         gr.Markdown("# FUSAR-GPT\nA SAR vision-language model that reads AlphaEarth embeddings as world knowledge.")
-        model = gr.Textbox(value=checkpoint, label="Checkpoint (local path or Hub id)")
+        gr.Markdown(f"Checkpoint: `{checkpoint}`")
+        model = gr.State(checkpoint)  # chosen by whoever starts the server, not by visitors
         with gr.Row():
             with gr.Column():
                 image = gr.File(label="SAR image (PNG, JPEG or GeoTIFF)", file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff"],
                                 elem_id="image")
                 npz = gr.File(label="Anchors (.npz with features and positions), optional", file_types=[".npz"])
-                tiles = gr.Textbox(label="or a folder of AlphaEarth tiles (for a georeferenced GeoTIFF)", value="")
+                tiles = gr.Textbox(label="or a folder of AlphaEarth tiles under the server's FUSAR_TILES_ROOT "
+                                         "(for a georeferenced GeoTIFF)", value="")
                 task = gr.Dropdown(list(TASKS), value=list(TASKS)[0], label="Task")
                 question = gr.Textbox(label="or your own question", elem_id="question")
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")

@@ -29,7 +29,7 @@ class UserError(ValueError):
     """A problem with what the user gave; shown in the page as it is."""
 
 
-@functools.cache
+@functools.lru_cache(maxsize=1)  # one model in memory
 def load_checkpoint(checkpoint: str = DEFAULT_CHECKPOINT):
     import modeling_fusar  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -55,27 +55,29 @@ def read_image(path):
     from dataset_scripts.sar_reader import read_sar_scene
 
     path = checked_file(path)
-    width, height = image_size(path)
-    if width * height > MAX_PIXELS:
-        raise UserError(f"{path.name} has {width} x {height} pixels; the limit is {MAX_PIXELS} pixels.")
+    width, height, bands = image_size(path)
+    if width * height > MAX_PIXELS or width * height * bands > 4 * MAX_PIXELS:
+        raise UserError(f"{path.name} has {width} x {height} pixels in {bands} bands; the limit is {MAX_PIXELS} "
+                        "pixels (and four bands of them).")
     try:
         return read_sar_scene(path)
     except (ValueError, Image.DecompressionBombError) as error:
         raise UserError(f"{path.name}: {error}".replace(str(path), path.name)) from error
 
 
-def image_size(path: Path) -> tuple[int, int]:
+def image_size(path: Path) -> tuple[int, int, int]:
+    """(width, height, bands) from the header."""
     if path.suffix.lower() in (".tif", ".tiff"):
         import rasterio
 
         try:
             with rasterio.open(path) as dataset:
-                return dataset.width, dataset.height
+                return dataset.width, dataset.height, dataset.count
         except rasterio.errors.RasterioError as error:
             raise UserError(f"{path.name} is not a readable GeoTIFF.") from error
     try:
         with Image.open(path) as image:  # lazy: reads the header only
-            return image.size
+            return (*image.size, len(image.getbands()))
     except (OSError, Image.DecompressionBombError) as error:
         raise UserError(f"{path.name}: not a readable image file.") from error
 
@@ -91,12 +93,17 @@ def read_anchors(scene, npz=None, tiles=None):
         except ValueError as error:
             raise UserError(f"The anchor file is not usable: {str(error).replace(str(npz), Path(npz).name)}") from error
     if tiles:
+        root = os.environ.get("FUSAR_TILES_ROOT")
+        folder = Path(root or "/nonexistent", tiles).resolve()
+        if not root or not folder.is_relative_to(Path(root).resolve()) or not folder.is_dir():
+            raise UserError("AlphaEarth tiles are read only from folders under the server's FUSAR_TILES_ROOT; "
+                            "give a folder name relative to it.")
         if scene.footprint is None or scene.year is None:
             raise UserError("Anchors from tiles need a georeferenced GeoTIFF with a known acquisition year.")
         try:
-            return sample_anchors(AlphaEarthTiles(tiles), scene.footprint, scene.year)
+            return sample_anchors(AlphaEarthTiles(folder), scene.footprint, scene.year)
         except ValueError as error:
-            raise UserError(f"The AlphaEarth folder is not usable: {error}") from error
+            raise UserError("The AlphaEarth folder holds a file that is not a readable tile.") from error
     return None
 
 
@@ -174,7 +181,6 @@ def run(checkpoint: str, image_file, npz_file, tiles_dir: str, task: str, questi
             f"Answered with {note}."
     except UserError as error:
         return "", None, None, str(error)
-    except Exception as error:  # the page shows a message, never a stack trace or a secret
-        token = os.environ.get("HF_TOKEN")
-        message = f"Something went wrong ({type(error).__name__})."
-        return "", None, None, message.replace(token, "***") if token else message
+    except Exception as error:  # the page shows the kind of failure only: no trace, path or secret
+        return "", None, None, f"Something went wrong ({type(error).__name__})."
+

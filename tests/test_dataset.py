@@ -246,3 +246,19 @@ def test_a_chip_with_a_sidecar_footprint_gets_anchors(tmp_path):
     assert np.asarray(row["anchor_mask"]).all() and np.asarray(row["anchor_values"])[:, 0, 5].tolist() == [1.0] * 9
     assert row["crs"] == "EPSG:32631" and row["resolution_m"] == 10 and row["anchor_years"] == [2021]
     assert 2.9 < row["footprint"][0] < 3.1  # UTM 31N's central meridian is 3 degrees east
+
+
+def test_an_unfinished_build_is_not_finished_with_other_options(tmp_path, monkeypatch):
+    scenes = from_jsonl(write_scenes(tmp_path, 6))
+
+    def dies(job):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "_build_shard", dies)
+    with pytest.raises(KeyboardInterrupt):
+        build(scenes, tmp_path / "out", BuildConfig(shard_size=3))
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="unfinished build of other inputs or options"):
+        build(scenes, tmp_path / "out", BuildConfig(shard_size=2))
+    build(scenes, tmp_path / "out", BuildConfig(shard_size=3))
+    assert check(str(tmp_path / "out")) == []

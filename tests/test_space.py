@@ -41,10 +41,11 @@ def test_a_png_chip_with_an_npz(checkpoint, tmp_path):
     assert not np.array_equal(np.asarray(heat), np.asarray(boxes))  # the heat map is drawn over the image
 
 
-def test_a_georeferenced_geotiff_with_alphaearth_tiles(checkpoint):
+def test_a_georeferenced_geotiff_with_alphaearth_tiles(checkpoint, monkeypatch):
     path, raw = checkpoint
     scene = sorted((raw / "sar").glob("*.tif"))[0]
-    answer, boxes, heat, message = fusar_demo.run(path, str(scene), None, str(raw / "alphaearth"), "Land cover at the centre", "")
+    monkeypatch.setenv("FUSAR_TILES_ROOT", str(raw))
+    answer, boxes, heat, message = fusar_demo.run(path, str(scene), None, "alphaearth", "Land cover at the centre", "")
     assert message == "Answered with 64 anchors." and isinstance(answer, str) and heat.size == boxes.size
 
 
@@ -102,7 +103,8 @@ def test_the_page_in_a_real_browser(checkpoint, tmp_path):
                 args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                       "--disable-sync", "--no-first-run"])
             page = browser.new_page()
-            page.goto("http://127.0.0.1:7871", wait_until="networkidle")
+            page.goto("http://127.0.0.1:7871", wait_until="load")
+            page.locator("#ask").wait_for(timeout=30_000)
             page.locator("#image input[type=file]").set_input_files(chip)
             page.locator("#question textarea").fill("How many ships are there?")
             page.wait_for_timeout(500)
@@ -152,3 +154,18 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
     files = set(HfApi().list_repo_files("user/fusar-gpt-demo", repo_type="space"))
     assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py",
             "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
+
+
+def test_tiles_only_from_the_allowed_root_and_no_paths_in_messages(checkpoint, tmp_path, monkeypatch):
+    path, raw = checkpoint
+    scene = str(sorted((raw / "sar").glob("*.tif"))[0])
+    for year in range(2018, 2025):  # whatever the scene's year, its tile is junk
+        secret = tmp_path / "secret" / str(year) / "31N"
+        secret.mkdir(parents=True)
+        (secret / "x.tiff").write_bytes(b"junk")
+    monkeypatch.setenv("FUSAR_TILES_ROOT", str(tmp_path))
+    shown = fusar_demo.run(path, scene, None, "secret", "Count ships", "")[3]
+    assert "not a readable tile" in shown and str(tmp_path) not in shown
+    for outside in ("../../etc", str(raw / "alphaearth")):
+        shown = fusar_demo.run(path, scene, None, outside, "Count ships", "")[3]
+        assert "only from folders under the server's FUSAR_TILES_ROOT" in shown and str(raw) not in shown

@@ -203,6 +203,8 @@ def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, mon
     monkeypatch.setattr(train_sft, "run_stage", lambda stage, *rest: stages.append(stage) or real(stage, *rest))
     resumed = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"))
     assert stages == [2]
+    history = json.loads((resumed / "fusar_run.json").read_text())["history"]
+    assert {entry["stage"] for entry in history} == {1, 2}  # stage 1's losses survive the stop
     expected = AutoModelForImageTextToText.from_pretrained(whole).state_dict()
     got = AutoModelForImageTextToText.from_pretrained(resumed).state_dict()
     for name in expected:
