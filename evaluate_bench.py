@@ -68,7 +68,7 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
     """Greedy answers (left padding, KV cache) to each row's user turn. `anchors` (one AnchorSet per row) replaces
     the rows' own; `use_anchors=False` gives none."""
     model.eval()
-    processor.tokenizer.padding_side = "left"
+    padding_side, processor.tokenizer.padding_side = processor.tokenizer.padding_side, "left"  # restored below
     if use_anchors and anchors is None:
         anchors = [row_anchors(row, model.config.anchor_dim) for row in rows]
     # Rows of one task have answers of similar length: batched together, no batch waits long for one long answer.
@@ -87,6 +87,7 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
         inputs = inputs.to(model.device)
         output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         answers += processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    processor.tokenizer.padding_side = padding_side
     in_order = [""] * len(answers)
     for position, index in enumerate(order):
         in_order[index] = answers[position].strip()

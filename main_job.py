@@ -56,8 +56,10 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     start, output = time.perf_counter(), Path(args.output)
     data = output / "data"
     print(f"[1/4] simulated dataset ({args.scenes} scenes) -> {data}", flush=True)
-    if not (data / "README.md").exists():
+    made_for = output / "data-scenes.txt"  # rebuild when asked for another number of scenes
+    if not (data / "README.md").exists() or not made_for.exists() or made_for.read_text() != str(args.scenes):
         simulate(data, scenes=args.scenes, overwrite=True)
+        made_for.write_text(str(args.scenes))
     rows = list(load_triplets(str(data))["test"])
 
     runs = {"FUSAR-GPT": output / "fusar-tiny", "same run, no anchors": output / "fusar-tiny-no-anchors"}
