@@ -97,6 +97,7 @@ def load_triplets(name: str) -> datasets.DatasetDict:
 
 
 def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = None):
+    """(model, processor) for `--model`: the tiny offline default, a FUSAR-GPT checkpoint, or a base to wrap."""
     model_args = model_args or ModelConfig()
     if args.model == "tiny":
         from modeling_fusar.tiny import DEFAULT_CORPUS, tiny_qwen2_5_vl, train_tokenizer
@@ -126,14 +127,14 @@ def training_chat_template(model_type: str) -> str:
     return template.read_text()
 
 
-def set_trainable(model, stage: int, args: FusarArguments, use_peft: bool):
+def set_trainable(model, stage: int, args: FusarArguments):
     """Without PEFT, choose the trained parameters here (with PEFT, the LoRA config does)."""
     train_language_model = stage == 2 or args.stage1_train_language_model
     for name, parameter in model.named_parameters():
         in_language_model = ".language_model." in name or name.startswith("vlm.lm_head")
         parameter.requires_grad = (
             (name.startswith("anchor_module.") and stage == 1 and args.use_anchors)
-            or (in_language_model and train_language_model and not use_peft)
+            or (in_language_model and train_language_model)
         )
 
 
@@ -162,7 +163,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     )
     lora = peft_config(model, stage, args, model_args)
     if lora is None:
-        set_trainable(model, stage, args, use_peft=False)
+        set_trainable(model, stage, args)
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
                          data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
     if lora is not None and stage == 2:
