@@ -6,19 +6,21 @@
 Batched greedy generation (left padding, KV cache); predictions are cached per example in
 `<output>/predictions/<variant>.jsonl`, so an interrupted evaluation resumes where it stopped. Metrics are the local
 `evaluate` modules in `metrics/` (counting, grid, classification, detection, caption, exact match). Variants:
-anchors as given; anchors removed; anchors shuffled across images; the base model without the anchor module
+anchors as given; anchors removed; anchors shuffled across scenes; the base model without the anchor module
 (`--base`); the stage-1 checkpoint (`--stage1`).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import random
 import re
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from processing.anchors import as_anchor_set, collate_anchor_sets
@@ -28,7 +30,6 @@ METRICS_DIR = Path(__file__).with_name("metrics")
 TASK_METRICS = {"counting": "sar_counting", "localization": "sar_grid", "classification": "sar_classification",
                 "detection": "sar_detection", "caption": "sar_caption", "vqa": "sar_exact_match",
                 "landcover": "sar_exact_match"}
-
 
 
 def normalise(text: str) -> str:
@@ -154,9 +155,6 @@ def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int 
         from dataset_scripts.inputs import from_manifest
 
         rows = [row for scene in from_manifest(manifest) for row in scene_rows(scene, BuildConfig())]
-        from PIL import Image
-        import io
-
         for row in rows:
             row["image"] = Image.open(io.BytesIO(row["image"]["bytes"]))
     else:
