@@ -39,6 +39,8 @@ def publish(namespace: str, model=None, dataset=None, space=None, private: bool 
         for package in PACKAGES:  # the app imports these; a Space cannot pip install this checkout
             api.upload_folder(folder_path=str(root / package), path_in_repo=package, repo_id=repo, repo_type="space",
                               ignore_patterns=SKIP, commit_message=f"Add {package}")
+        api.upload_file(path_or_fileobj=str(root / "evaluate_bench.py"), path_in_repo="evaluate_bench.py", repo_id=repo,
+                        repo_type="space", commit_message="Add evaluate_bench.py (the app's generation)")
         urls["space"] = f"{api.endpoint}/spaces/{repo}"
     return urls
 

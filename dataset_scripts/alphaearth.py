@@ -26,7 +26,7 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.warp import transform as transform_points
 
-from processing.anchors import AnchorSet
+from processing.anchors import AnchorSet, grid_positions
 
 DIM = 64
 NODATA = -128
@@ -82,13 +82,6 @@ class Footprint:
         xs, ys = self.transform @ (cols, rows)
         lons, lats = transform_points(self.crs, "EPSG:4326", list(xs), list(ys))
         return float(min(lons)), float(min(lats)), float(max(lons)), float(max(lats))
-
-
-def grid_positions(grid_size: int) -> np.ndarray:
-    """(row, col) fractions of a `grid_size` x `grid_size` grid of cell centres, row-major."""
-    centres = (np.arange(grid_size) + 0.5) / grid_size
-    rows, cols = np.meshgrid(centres, centres, indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
 
 
 class AlphaEarthGeoTIFF:

@@ -108,6 +108,13 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
                      mask, None if years is None else [int(y) for y in years])
 
 
+def grid_positions(grid_size: int) -> np.ndarray:
+    """(row, col) fractions of a `grid_size` x `grid_size` grid of cell centres, row-major."""
+    centres = (np.arange(grid_size) + 0.5) / grid_size
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")
+    return np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
+
+
 def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, years=None, where="field") -> AnchorSet:
     """Anchors on a `grid_size x grid_size` grid of cell centres over a dense field [D, H, W] or [T, D, H, W]
     that covers the image; each anchor takes the nearest field pixel (NaN pixels become masked)."""
@@ -117,9 +124,7 @@ def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, year
     if field.ndim != 4 or field.shape[1] != anchor_dim:
         raise ValueError(f"{where}: a dense anchor field must be [D, H, W] or [T, D, H, W] with D=anchor_dim="
                          f"{anchor_dim}, got shape {field.shape}")
-    centres = (np.arange(grid_size) + 0.5) / grid_size
-    rows, cols = np.meshgrid(centres, centres, indexing="ij")
-    positions = np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
+    positions = grid_positions(grid_size)
     height, width = field.shape[-2:]
     pixel_rows = np.round(positions[:, 0] * (height - 1)).astype(int)
     pixel_cols = np.round(positions[:, 1] * (width - 1)).astype(int)

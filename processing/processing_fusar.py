@@ -106,12 +106,6 @@ class FusarProcessor(ProcessorMixin):
         crops.append((top, left, (side, side), (image.height, image.width)))
         return image.crop((left, top, left + side, top + side))
 
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
-
-    def decode(self, *args, **kwargs):
-        return self.tokenizer.decode(*args, **kwargs)
-
     def post_process_image_text_to_text(self, *args, **kwargs):
         return self.base_processor.post_process_image_text_to_text(*args, **kwargs)
 

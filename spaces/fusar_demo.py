@@ -107,17 +107,13 @@ def read_anchors(scene, npz=None, tiles=None):
     return None
 
 
-@torch.no_grad()
 def ask(model, processor, image: Image.Image, anchors, question: str, max_new_tokens: int = 96) -> str:
-    from processing.anchors import collate_anchor_sets
+    """The model's greedy answer, through the same generation code as fusar-eval."""
+    from evaluate_bench import generate_answers
 
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}], add_generation_prompt=True)
-    inputs = processor(images=[image], text=[prompt], return_tensors="pt")
-    if anchors is not None:
-        inputs.update(collate_anchor_sets([anchors]))
-    output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    row = {"image": image, "messages": [{"role": "user", "content": question}], "year": None}
+    return generate_answers(model, processor, [row], max_new_tokens=max_new_tokens, use_anchors=anchors is not None,
+                            progress=False, anchors=None if anchors is None else [anchors])[0]
 
 
 def draw_boxes(image: Image.Image, answer: str) -> Image.Image:

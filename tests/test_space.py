@@ -152,7 +152,7 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
     with torch.no_grad():
         assert torch.equal(local(**inputs).logits, remote(**inputs).logits)
     files = set(HfApi().list_repo_files("user/fusar-gpt-demo", repo_type="space"))
-    assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py",
+    assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py", "evaluate_bench.py",
             "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
 
 
