@@ -20,7 +20,7 @@ from dataset_scripts.simulate import simulate
 from evaluate_bench import evaluate_checkpoint, generate_answers, score
 from train_sft import FusarArguments, ModelConfig, SFTConfig, load_model, load_triplets
 from train_sft import main as train
-from training.report import write_model_card
+from training.report import results_table, write_model_card
 
 CONFIG = Path(__file__).with_name("configs") / "tiny_cpu.yaml"
 SAR_TWINS = ("cropland", "grassland")  # the same backscatter: only the anchors tell them apart
@@ -34,15 +34,6 @@ def evaluate(model, processor, rows) -> dict[str, float]:
     if twins:
         results["landcover, anchor-dependent"] = score(*zip(*twins))["all"]["accuracy"]
     return results
-
-
-def table(results: dict[str, dict[str, float]]) -> str:
-    columns = list(results)
-    tasks = sorted({task for column in results.values() for task in column}, key=lambda t: (t == "all", t))
-    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
-    lines += [f"| {task} | " + " | ".join(f"{results[c].get(task, float('nan')):.3f}" for c in columns) + " |"
-              for task in tasks]
-    return "\n".join(lines)
 
 
 def run(argv=None) -> dict[str, dict[str, float]]:
@@ -82,7 +73,7 @@ def run(argv=None) -> dict[str, dict[str, float]]:
             checkpoint, checkpoint_args = folder, (fusar_args, training_args, model_args)
 
     print("[4/4] held-out evaluation (normalised exact match; caption rows are scored by BLEU/CIDEr in evaluate_bench)")
-    report = table(results)
+    report = results_table(results)
     history = json.loads((checkpoint / "fusar_run.json").read_text())["history"]
     write_model_card(checkpoint, *checkpoint_args, history=history, results=results)
     (output / "results.json").write_text(json.dumps(results, indent=2))

@@ -7,6 +7,16 @@ from pathlib import Path
 import yaml
 
 
+def results_table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table of {column: {task: score}}: one row per task ("all" last), one column per run."""
+    columns = list(results)
+    tasks = sorted({task for column in results.values() for task in column}, key=lambda t: (t == "all", t))
+    lines = ["| task | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    lines += [f"| {task} | " + " | ".join(f"{results[c].get(task, float('nan')):.3f}" for c in columns) + " |"
+              for task in tasks]
+    return "\n".join(lines)
+
+
 def write_loss_curve(history: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -65,10 +75,5 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "", "![loss curve](loss_curve.png)", "",
     ]
     if results:
-        columns = list(results)
-        tasks = sorted({task for column in results.values() for task in column})
-        lines += ["## Evaluation", "", "| task | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
-        lines += [f"| {task} | " + " | ".join(f"{results[c].get(task, float('nan')):.3f}" for c in columns) + " |"
-                  for task in tasks]
-        lines.append("")
+        lines += ["## Evaluation", "", results_table(results), ""]
     (output / "README.md").write_text("---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines))
