@@ -1,3 +1,4 @@
+# Copyright 2026 The fusar-gpt authors. Licensed under the Apache License, Version 2.0.
 """FUSAR-GPT configuration: a base image-text-to-text config plus the anchor module's fields."""
 
 from huggingface_hub.dataclasses import strict
@@ -42,7 +43,25 @@ class FusarConfig(PreTrainedConfig):
         if not self.anchor_sigma > 0:
             raise ValueError(f"FusarConfig.anchor_sigma must be > 0 (grid units), got {self.anchor_sigma}")
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # A base model's own config (`FusarForConditionalGeneration.from_pretrained` on a Qwen2.5-VL folder): FUSAR-GPT
+        # around that base, whose weights the loader then finds under `vlm.` (the model's base_model_prefix).
+        if config_dict.get("model_type", cls.model_type) != cls.model_type:
+            config_dict = {"base_config": config_dict}
+        return super().from_dict(config_dict, **kwargs)
+
+    # Where transformers looks for a composite model's parts (`get_text_config()`, the common tests, generation, PEFT,
+    # TRL): the base model's own sub-configs, the same objects, so library code never needs to know the wrapper exists.
+    @property
+    def text_config(self) -> PreTrainedConfig:
+        return self.base_config.get_text_config()
+
+    @property
+    def vision_config(self) -> PreTrainedConfig | None:
+        return getattr(self.base_config, "vision_config", None)
+
     @property
     def hidden_size(self) -> int:
         """Width of the visual tokens the anchors modulate: the language model's hidden size."""
-        return self.base_config.get_text_config().hidden_size
+        return self.text_config.hidden_size

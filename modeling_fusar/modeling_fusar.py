@@ -6,17 +6,19 @@ the features with the anchors, and hand them back to the base model as `mm_encod
 library's own protocol for pre-encoded images, so no hooks and no hidden state.
 """
 
-from __future__ import annotations
-
 import copy
 import inspect
 import os
 import re
+from typing import Unpack
 
 import torch
 from torch import nn
 from transformers import AutoModelForImageTextToText, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
+from transformers.cache_utils import Cache
+from transformers.utils import TransformersKwargs
+from transformers.utils.generic import can_return_tuple
 
 from .anchor_modulation import AnchorModulation, check_anchor_inputs
 from .configuration_fusar import FusarConfig
@@ -28,6 +30,8 @@ ANCHOR_INPUTS = ("anchor_values", "anchor_positions", "anchor_mask", "anchor_yea
 class FusarPreTrainedModel(PreTrainedModel):
     config: FusarConfig
     config_class = FusarConfig
+    # The attribute holding the base model: the loader bridges base and FUSAR-GPT checkpoints through it.
+    base_model_prefix = "vlm"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
     _supports_flash_attn = True
@@ -96,6 +100,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> nn.Module:
         return self.vlm.get_output_embeddings()
 
+    def set_output_embeddings(self, value: nn.Module):
+        self.vlm.set_output_embeddings(value)
+
     @property
     def lora_target_modules(self) -> str:
         """A PEFT `target_modules` regex for every linear layer of the language model, and nothing else."""
@@ -104,6 +111,7 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         leaves = sorted({name.rsplit(".", 1)[-1] for name, m in language_model.named_modules() if isinstance(m, nn.Linear)})
         return rf"{re.escape(prefix)}\..*\.({'|'.join(leaves)})"
 
+    @can_return_tuple
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
@@ -115,9 +123,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
     ):
         """The base model's image features (one `[tokens, C]` tensor per image in `.pooler_output`), modulated by
         the anchors. Images without anchors, or whose anchors are all masked, come out unchanged."""
+        grids = visual_grids(self.config.base_config, pixel_values, **image_inputs)  # also checks the inputs
         outputs = self.vlm.get_image_features(pixel_values, return_dict=True, **image_inputs)
         features = list(outputs.pooler_output)
-        grids = visual_grids(self.config.base_config, pixel_values, **image_inputs)
         for image, (feature, grid) in enumerate(zip(features, grids, strict=True)):
             if feature.shape[0] != grid.num_tokens:
                 raise ValueError(f"image {image}: the visual module gave {feature.shape[0]} tokens, but its grid "
@@ -132,8 +140,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
 
     def _encode_images(self, input_ids, pixel_values, anchors: dict, model_inputs: dict) -> dict:
         """`mm_encoder_outputs` for the base model: the images encoded once, with their anchors applied."""
-        image_inputs = {k: model_inputs[k] for k in self._image_input_names if k in model_inputs}
-        features = self.get_image_features(pixel_values, **anchors, **image_inputs)
+        image_inputs = {k: model_inputs[k] for k in self._image_input_names if model_inputs.get(k) is not None}
+        features = self.get_image_features(pixel_values, **anchors, **image_inputs, return_dict=True)
         if input_ids is not None:
             image_tokens = int((input_ids == self.config.base_config.image_token_id).sum())
             feature_tokens = sum(f.shape[0] for f in features.pooler_output)
@@ -148,18 +156,30 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         parameters = inspect.signature(self.vlm.get_image_features).parameters
         return [name for name in parameters if name not in ("pixel_values", "kwargs")]
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
         pixel_values: torch.Tensor | None = None,
+        image_grid_thw: torch.LongTensor | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         anchor_values: torch.Tensor | None = None,
         anchor_positions: torch.Tensor | None = None,
         anchor_mask: torch.Tensor | None = None,
         anchor_year_offsets: torch.Tensor | None = None,
         mm_encoder_outputs: dict | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
+        The base model's inputs (named here so that code reading the signature finds them; a backbone's other inputs,
+        e.g. LLaVA's `image_sizes`, pass through `kwargs`), plus:
+
         anchor_values (`torch.FloatTensor` of shape `(num_images, anchors, years, anchor_dim)`, *optional*):
             Embedding vectors (AlphaEarth: 64-d, unit length) of each image's anchors, per year.
         anchor_positions (`torch.FloatTensor` of shape `(num_images, anchors, 2)`, *optional*):
@@ -169,6 +189,10 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         anchor_year_offsets (`torch.LongTensor` of shape `(num_images, years)`, *optional*):
             Each year's offset from the image's acquisition year. Defaults to 0.
         """
+        # Passed on only when given: another backbone's forward may not take `image_grid_thw`, and a caller's legacy
+        # `past_key_values` (in kwargs) must reach the base model's own renaming to `cache` unopposed.
+        optional = {"cache": cache, "use_cache": use_cache, "image_grid_thw": image_grid_thw}
+        kwargs.update({name: value for name, value in optional.items() if value is not None})
         if pixel_values is not None:
             if mm_encoder_outputs is not None:
                 raise ValueError("Pass either pixel_values or mm_encoder_outputs, not both")
@@ -178,7 +202,11 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         elif anchor_values is not None:
             raise ValueError("anchor_values need pixel_values: anchors modulate an image's tokens as it is encoded "
                              "(pre-encoded mm_encoder_outputs are used as given)")
-        return self.vlm(input_ids=input_ids, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+        return self.vlm(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, inputs_embeds=inputs_embeds,
+            labels=labels, logits_to_keep=logits_to_keep, mm_encoder_outputs=mm_encoder_outputs, return_dict=True,
+            **kwargs,
+        )
 
     @torch.no_grad()
     def generate(self, inputs=None, generation_config=None, **kwargs):

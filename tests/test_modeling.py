@@ -2,6 +2,7 @@
 
 import copy
 import functools
+import inspect
 
 import numpy as np
 import pytest
@@ -204,9 +205,61 @@ def test_image_tokens_and_features_must_agree(tokenizers, family):
         model(**inputs)
 
 
+def test_qwen_images_need_their_grid(tokenizers, family):
+    model, processor = build(tokenizers, family)
+    inputs = model_inputs(processor, [random_image(0)])
+    if "image_grid_thw" not in inputs:
+        pytest.skip("only Qwen-VL backbones take image_grid_thw")
+    del inputs["image_grid_thw"]
+    with pytest.raises(ValueError, match="need `image_grid_thw`"):
+        model(**inputs)
+
+
 def test_anchor_batch_must_match_the_images(tokenizers, family):
     model, processor = build(tokenizers, family)
     inputs = model_inputs(processor, [random_image(0), random_image(1)], anchors=[random_anchors(0, 3), None])
     inputs["anchor_values"] = inputs["anchor_values"][:1]
     with pytest.raises(ValueError, match="anchors for 1 images but the batch has 2"):
         model(**inputs)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_new_special_tokens_resize_the_model_and_generation_still_works(tokenizers, family, tied):
+    """Adding tokens is an everyday fine-tuning step: embeddings, head and config follow, tied or not."""
+    model, processor = build(tokenizers, family, modulate=True)
+    model.vlm.config.tie_word_embeddings = tied  # the base model's own switch (LLaVA and Qwen2.5-VL: the top level)
+    model.tie_weights()
+    tokenizer = copy.deepcopy(processor.tokenizer)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<ship>", "<aircraft>"]})
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    model.resize_token_embeddings(len(tokenizer))
+    assert model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    assert model.get_output_embeddings().weight.shape[0] == len(tokenizer)
+    assert (model.get_output_embeddings().weight is model.get_input_embeddings().weight) == tied
+    assert model.config.get_text_config().vocab_size == model.vlm.config.get_text_config().vocab_size == len(tokenizer)
+    inputs = model_inputs(processor, [random_image(0)], anchors=[random_anchors(0, 4)])
+    logits = model(**inputs).logits
+    assert logits.shape[-1] == len(tokenizer)
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] == inputs["input_ids"].shape[1] + 3
+
+
+def test_the_forward_signature_names_the_base_models_inputs(tokenizers, family):
+    """Code that reads the signature (TRL's column filter, the generation utilities) must find these."""
+    model, _ = build(tokenizers, family)
+    parameters = inspect.signature(model.forward).parameters
+    for name in ("input_ids", "attention_mask", "position_ids", "cache", "inputs_embeds", "labels", "pixel_values",
+                 "logits_to_keep", "anchor_values", "anchor_positions", "anchor_mask"):
+        assert name in parameters
+    assert model.base_model is model.vlm
+    assert model.config.get_text_config() is model.vlm.config.get_text_config()
+
+
+def test_a_base_model_folder_loads_as_a_fresh_fusar_model(tokenizers, family, tmp_path):
+    """`from_pretrained` on the base's own folder: FUSAR-GPT around it, only the anchor module new."""
+    model, processor = build(tokenizers, family)
+    model.vlm.save_pretrained(tmp_path)
+    loaded, info = FusarForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] and all(key.startswith("anchor_module.") for key in info["missing_keys"])
+    inputs = model_inputs(processor, [random_image(0)], anchors=[random_anchors(0, 4)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(**inputs).logits, model(**inputs).logits)
