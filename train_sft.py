@@ -226,10 +226,11 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     return output
 
 
-def cli(argv=None):
+def cli(argv=None) -> None:
+    """The `fusar-train` console script. Returns None: the script's exit status is 0 after a finished run."""
     parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    return main(args, training_args, model_args)
+    main(args, training_args, model_args)
 
 
 if __name__ == "__main__":

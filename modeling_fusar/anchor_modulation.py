@@ -79,9 +79,11 @@ class TemporalAnchorFusion(nn.Module):
             year_offsets = torch.zeros(values.shape[0], values.shape[2], dtype=torch.long, device=values.device)
         offsets = year_offsets.long().clamp(-self.max_year_offset, self.max_year_offset) + self.max_year_offset
         keys = values + self.year_offset_embedding(offsets)[:, None]
-        scores = self.score(keys).squeeze(-1).masked_fill(~mask, torch.finfo(values.dtype).min)
+        # Scores in float32, whatever autocast made of the Linear layers (bf16 / fp16): the masking fill is float32's
+        # minimum, and a softmax over years is cheap enough to do exactly.
+        scores = self.score(keys).squeeze(-1).float().masked_fill(~mask, torch.finfo(torch.float32).min)
         # An anchor without any valid year gets all-zero weights (and is ignored downstream), never NaN.
-        weights = scores.softmax(-1) * mask
+        weights = (scores.softmax(-1) * mask).to(values.dtype)
         return (weights[..., None] * values).sum(-2)
 
 
