@@ -220,7 +220,7 @@ def main(argv=None):
     parser.add_argument("checkpoint", help="FUSAR-GPT checkpoint folder")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="triplet dataset folder or Hub id")
-    source.add_argument("--manifest", help="the authors' JSONL manifest with .npz anchors")
+    source.add_argument("--manifest", help="the authors' manifest (JSONL or a JSON list) with .npz / .npy anchors")
     parser.add_argument("--split", default="test")
     parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
     parser.add_argument("--base", help="also evaluate this base model without the anchor module")

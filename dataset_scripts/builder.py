@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+from PIL import Image
 from tqdm.auto import tqdm
 
 from processing.anchors import AnchorSet, as_anchor_set
@@ -60,7 +61,8 @@ def scene_rows(scene: SceneInput, config: BuildConfig, alphaearth=None) -> list[
     image = sar.image
     objects = [dict(o) for o in scene.objects]
     if scene.image_size is not None and image.size != tuple(scene.image_size):
-        image = image.resize(tuple(scene.image_size))  # answers and boxes are given in the resized image
+        # Answers and boxes are given in the resized image; bicubic, as the authors resize.
+        image = image.resize(tuple(scene.image_size), Image.Resampling.BICUBIC)
     anchors = scene_anchors(scene, sar, config, alphaearth)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")  # encoded once, shared by the scene's rows

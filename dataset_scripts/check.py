@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections import defaultdict
 
@@ -11,6 +10,7 @@ import numpy as np
 
 from .alphaearth import DIM
 from .schema import FEATURES, TASKS
+from .tasks import parse_detection_answer
 
 NORM_TOLERANCE = 0.02  # AlphaEarth vectors are unit length to +-0.002; int8 rounding of our own tiles adds a little
 
@@ -54,17 +54,16 @@ def row_problems(row: dict) -> list[str]:
 
 
 def detection_problems(answer: str, width: int, height: int) -> list[str]:
-    try:
-        boxes = json.loads(answer)
-        assert isinstance(boxes, list)
-        for box in boxes:
-            x1, y1, x2, y2 = box["bbox_2d"]
-            assert isinstance(box["label"], str)
-            if not (0 <= x1 <= x2 < width and 0 <= y1 <= y2 < height):
-                return [f"messages: detection box {box['bbox_2d']} is outside the {width}x{height} image"]
-    except (ValueError, AssertionError, KeyError, TypeError):
+    """A detection answer must parse, and each box must be ordered and overlap the image (the authors' boxes may
+    reach beyond it: x = -35 and x2 = 529 at 504 px are in their own examples)."""
+    boxes = parse_detection_answer(answer)
+    if boxes is None:
         return [f"messages: the detection answer does not parse as [{{\"bbox_2d\": [x1, y1, x2, y2], \"label\": ...}}]: "
                 f"{answer[:80]!r}"]
+    for box in boxes:
+        x1, y1, x2, y2 = box["bbox_2d"]
+        if not (x1 <= x2 and y1 <= y2 and x1 < width and x2 >= 0 and y1 < height and y2 >= 0):
+            return [f"messages: detection box {box['bbox_2d']} is not an ordered box overlapping the {width}x{height} image"]
     return []
 
 

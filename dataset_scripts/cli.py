@@ -52,8 +52,9 @@ def main(argv=None) -> int:
     simulate.add_argument("--seed", type=int, default=0)
     add_output_options(simulate)
 
-    manifest = commands.add_parser("import-manifest", help="the authors' JSONL manifest with .npz anchors -> dataset")
-    manifest.add_argument("manifest", help="JSONL with id, image, aef, question, answer, coordinate_size")
+    manifest = commands.add_parser("import-manifest",
+                                   help="the authors' manifest (JSONL or a JSON list) with .npz / .npy anchors -> dataset")
+    manifest.add_argument("manifest", help="JSONL or a JSON list of {id, image, aef, question, answer, coordinate_size}")
     manifest.add_argument("--task", choices=TASKS, help="task of every row (default: from the shape of each answer)")
     manifest.add_argument("--source", default="FUSAR-GPT authors' release", help="provenance and licence")
     add_output_options(manifest)

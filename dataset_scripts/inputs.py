@@ -9,7 +9,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .tasks import GRID_CELLS
+from .tasks import GRID_CELLS, parse_detection_answer
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 
@@ -91,25 +91,37 @@ def manifest_task(answer: str) -> str:
         return "counting"
     if text in {cell for row in GRID_CELLS for cell in row}:
         return "localization"
-    try:
-        parsed = json.loads(text)
-        if isinstance(parsed, list) and all(isinstance(o, dict) and "bbox_2d" in o for o in parsed):
-            return "detection"
-    except ValueError:
-        pass
+    if parse_detection_answer(text) is not None:  # their JSON boxes, maybe fenced; None / null = no targets
+        return "detection"
     return "vqa"
 
 
+def manifest_rows(path: Path) -> list[tuple[str, object]]:
+    """(where, row) for every row of the authors' manifest: JSONL, or one JSON list of rows."""
+    text = path.read_text()
+    if text.lstrip().startswith("["):
+        try:
+            return [(f"{path}[{index}]", row) for index, row in enumerate(json.loads(text))]
+        except ValueError as error:
+            raise ValueError(f"{path}: not a JSON list of manifest rows ({error})") from error
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append((f"{path}:{number}", json.loads(line)))
+            except ValueError as error:
+                raise ValueError(f"{path}:{number}: not a JSON line ({error})") from error
+    return rows
+
+
 def from_manifest(path, *, task: str | None = None, source: str = "") -> list[SceneInput]:
-    """The authors' manifest: JSONL with `id, image, aef, question, answer, coordinate_size` (paths relative to the
-    manifest, `aef` their .npz anchors, answers in the coordinates of the image resized to `coordinate_size`)."""
+    """The authors' manifest: JSONL (or a JSON list) with `id, image, aef, question, answer, coordinate_size` (paths
+    relative to the manifest, `aef` their .npz / .npy anchors, answers in the coordinates of the image resized to
+    `coordinate_size`; detection answers as they write them, `None` for no targets)."""
     path = Path(path)
     scenes: dict[str, SceneInput] = {}
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
+    for where, record in manifest_rows(path):
         try:
-            record = json.loads(line)
             size = record.get("coordinate_size")
             size = None if size is None else (int(size), int(size)) if isinstance(size, (int, float)) else tuple(size)
             image = path.parent / record["image"]
@@ -119,7 +131,7 @@ def from_manifest(path, *, task: str | None = None, source: str = "") -> list[Sc
             answer = str(record["answer"])
             scene.questions.append({"question": record["question"], "answer": answer,
                                     "task": task or manifest_task(answer), "id": str(record["id"])})
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not an authors' manifest row "
-                             f"(id, image, aef, question, answer, coordinate_size) ({error})") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{where}: not an authors' manifest row "
+                             f"(id, image, aef, question, answer, coordinate_size) ({error!r})") from error
     return list(scenes.values())

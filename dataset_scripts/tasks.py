@@ -9,7 +9,9 @@ object in the scene, so the answer is unambiguous.
 from __future__ import annotations
 
 import json
+import math
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -48,6 +50,25 @@ def clip_box(box, width: int, height: int) -> list[int]:
 
 def detection_answer(objects, width: int, height: int) -> str:
     return json.dumps([{"bbox_2d": clip_box(o["bbox"], width, height), "label": o["category"]} for o in objects])
+
+
+def parse_detection_answer(text: str) -> list[dict] | None:
+    """The boxes of a detection answer, written as ours or the authors' are: a JSON list of `{"bbox_2d": [x1, y1, x2,
+    y2], "label": ...}`, maybe inside a code fence or other text, boxes maybe beyond the image; `None` or `null` for
+    no targets. None when the answer does not parse (every box needs a label and four finite numbers)."""
+    text = (text or "").strip()
+    fenced = re.fullmatch(r"```[a-zA-Z]*\s*(.*?)\s*```", text, re.S)
+    text = fenced.group(1) if fenced else text
+    if text.lower() in ("none", "null"):
+        return []
+    try:
+        items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
+        boxes = [{"bbox_2d": [float(v) for v in item["bbox_2d"]], "label": str(item["label"])} for item in items]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not all(len(b["bbox_2d"]) == 4 and all(math.isfinite(v) for v in b["bbox_2d"]) for b in boxes):
+        return None
+    return boxes
 
 
 def composed_caption(annotations: Annotations) -> str | None:

@@ -3,8 +3,9 @@ detection overlays, and `model-index` entries in the checkpoint's model card."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from dataset_scripts.tasks import parse_detection_answer
 
 HEADLINE = {"counting": "accuracy", "localization": "acc@100", "classification": "accuracy", "detection": "f1@0.5",
             "caption": "cider", "vqa": "accuracy", "landcover": "accuracy"}
@@ -69,13 +70,9 @@ def detection_overlays(rows, predictions, path: Path, count: int = 4) -> None:
     for axis, (row, prediction) in zip(axes[0], examples):
         axis.imshow(row["image"])
         for text, colour in ((row["messages"][-1]["content"], "lime"), (prediction, "red")):
-            try:
-                boxes = json.loads(text)
-                for box in boxes:
-                    x1, y1, x2, y2 = box["bbox_2d"]
-                    axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, linewidth=1.2))
-            except (ValueError, TypeError, KeyError):
-                pass
+            for box in parse_detection_answer(text) or []:
+                x1, y1, x2, y2 = box["bbox_2d"]
+                axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, linewidth=1.2))
         axis.set_title(row["id"][-24:], fontsize=7)
         axis.axis("off")
     figure.tight_layout()

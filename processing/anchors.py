@@ -2,7 +2,8 @@
 
 Accepted per image (`as_anchor_set`): an `AnchorSet`; a dict with `values` (or the authors' `features`),
 `positions` and optional `mask` / `years`; a `(values, positions)` pair; the path of an `.npz` holding the
-same keys (the authors' files: `features` [S, 64], `positions` [S, 2] as (row, col) in [0, 1]); a dense
+same keys (the authors' files: `features` [S, 64], `positions` [S, 2] as (row, col) in [0, 1]) or of the authors'
+`.npy` (columns `lon, lat, row, col, x, y, A00..A63`, see `_from_npy`); a dense
 embedding field [D, H, W] or [T, D, H, W] covering the image, sampled on a regular grid; or None (no anchors).
 Values are [S, D] for one year or [S, T, D]. NaN vectors without a mask are taken as nodata (masked).
 """
@@ -45,7 +46,7 @@ def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, wh
     if isinstance(source, AnchorSet):
         return _validated(source.values, source.positions, source.mask, source.years, anchor_dim, where)
     if isinstance(source, (str, os.PathLike)):
-        return _from_npz(Path(source), anchor_dim, years)
+        return _from_file(Path(source), anchor_dim, years)
     if isinstance(source, dict):
         values = source.get("values", source.get("features"))
         if values is None or "positions" not in source:
@@ -60,17 +61,58 @@ def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, wh
     raise ValueError(f"{where}: cannot read anchors from {type(source).__name__} of shape {getattr(array, 'shape', None)}")
 
 
-def _from_npz(path: Path, anchor_dim: int, years) -> AnchorSet:
+def _from_file(path: Path, anchor_dim: int, years) -> AnchorSet:
+    """An `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
     try:
-        with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable .npz anchor file ({error})") from error
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                loaded = {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"{path}: not a readable .npz or .npy anchor file ({error})") from error
+    if isinstance(loaded, np.ndarray):
+        return _from_npy(loaded, path, anchor_dim)
+    arrays = loaded
     if "positions" not in arrays or not {"features", "values"} & set(arrays):
         raise ValueError(f"{path}: an anchor .npz needs 'features' (or 'values') and 'positions', has {sorted(arrays)}")
     values = arrays.get("values", arrays.get("features"))
     file_years = arrays["years"].tolist() if "years" in arrays else years
     return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, str(path))
+
+
+# The authors' .npy anchor files: these columns, then the vector (A00..A63): a structured array with these field
+# names, or a numeric [S, 6 + D] array in this order.
+NPY_COLUMNS = ("lon", "lat", "row", "col", "x", "y")
+
+
+def _from_npy(array: np.ndarray, path: Path, anchor_dim: int) -> AnchorSet:
+    """As the authors' data code reads it: positions (row, col) are the y and x columns (else row and col), each
+    min-max normalised over the file to [0, 1] (a column with one value sits at 0.5)."""
+    bands = [f"A{i:02d}" for i in range(anchor_dim)]
+    if array.dtype.names:
+        missing = [name for name in bands if name not in array.dtype.names]
+        if missing:
+            raise ValueError(f"{path}: a structured anchor .npy needs fields {bands[0]}..{bands[-1]}; lacks {missing[:4]}")
+        values = np.stack([array[name] for name in bands], -1).astype(np.float32)
+        columns = {name: array[name].astype(np.float64) for name in NPY_COLUMNS if name in array.dtype.names}
+    elif array.ndim == 2 and array.shape[1] == len(NPY_COLUMNS) + anchor_dim and array.dtype.kind in "fiu":
+        values = array[:, len(NPY_COLUMNS):].astype(np.float32)
+        columns = {name: array[:, i].astype(np.float64) for i, name in enumerate(NPY_COLUMNS)}
+    else:
+        raise ValueError(f"{path}: an anchor .npy must be a structured array with fields {', '.join(NPY_COLUMNS)}, "
+                         f"{bands[0]}..{bands[-1]} or a numeric [S, {len(NPY_COLUMNS) + anchor_dim}] array in that "
+                         f"order; got {array.dtype} {array.shape}")
+    for row, col in (("y", "x"), ("row", "col")):
+        if row in columns and col in columns and np.isfinite(columns[row]).all() and np.isfinite(columns[col]).all():
+            positions = np.stack([_min_max(columns[row]), _min_max(columns[col])], -1)
+            return _validated(values, positions, None, None, anchor_dim, str(path))
+    raise ValueError(f"{path}: no finite y, x (or row, col) columns to place the anchors; has {sorted(columns)}")
+
+
+def _min_max(column: np.ndarray) -> np.ndarray:
+    if column.size == 0 or column.max() == column.min():
+        return np.full(column.shape, 0.5)
+    return (column - column.min()) / (column.max() - column.min())
 
 
 def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> AnchorSet:

@@ -26,7 +26,7 @@ def build(checkpoint: str = DEFAULT_CHECKPOINT) -> gr.Blocks:
             with gr.Column():
                 image = gr.File(label="SAR image (PNG, JPEG or GeoTIFF)", file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff"],
                                 elem_id="image")
-                npz = gr.File(label="Anchors (.npz with features and positions), optional", file_types=[".npz"])
+                npz = gr.File(label="Anchors (the authors' .npz or .npy), optional", file_types=[".npz", ".npy"])
                 tiles = gr.Textbox(label="or a folder of AlphaEarth tiles under the server's FUSAR_TILES_ROOT "
                                          "(for a georeferenced GeoTIFF)", value="")
                 task = gr.Dropdown(list(TASKS), value=list(TASKS)[0], label="Task")

@@ -4,13 +4,14 @@ boxes, and map where the anchors modulate the image."""
 from __future__ import annotations
 
 import functools
-import json
 import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from dataset_scripts.tasks import parse_detection_answer
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 MAX_PIXELS = 8192 * 8192  # decompression bombs stop here
@@ -83,7 +84,7 @@ def image_size(path: Path) -> tuple[int, int, int]:
 
 
 def read_anchors(scene, npz=None, tiles=None):
-    """Anchors from an uploaded .npz, or sampled from a folder of AlphaEarth tiles under a georeferenced scene."""
+    """Anchors from an uploaded .npz or .npy (the authors' formats), or sampled from a folder of AlphaEarth tiles under a georeferenced scene."""
     from dataset_scripts.alphaearth import AlphaEarthTiles, sample_anchors
     from processing.anchors import as_anchor_set
 
@@ -121,19 +122,13 @@ def draw_boxes(image: Image.Image, answer: str) -> Image.Image:
     from PIL import ImageDraw
 
     canvas = image.convert("RGB").copy()
-    try:
-        start, end = answer.index("["), answer.rindex("]") + 1
-        boxes = json.loads(answer[start:end])
-    except ValueError:
-        return canvas
     draw = ImageDraw.Draw(canvas)
-    for box in boxes if isinstance(boxes, list) else []:
-        try:
-            x1, y1, x2, y2 = (float(v) for v in box["bbox_2d"])
-        except (KeyError, TypeError, ValueError):
+    for box in parse_detection_answer(answer) or []:  # an answer that does not parse draws nothing
+        x1, y1, x2, y2 = box["bbox_2d"]
+        if x2 < x1 or y2 < y1:  # model output: a reversed box is skipped, not an error
             continue
         draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=2)
-        draw.text((x1 + 2, y1 + 1), str(box.get("label", "")), fill=(255, 40, 40))
+        draw.text((x1 + 2, y1 + 1), box["label"], fill=(255, 40, 40))
     return canvas
 
 

@@ -109,3 +109,54 @@ def test_masked_anchors_may_hold_anything():
     anchors = as_anchor_set({"values": values, "positions": np.array([[0.2, 0.3], [np.nan, 7.0]]),
                              "mask": np.array([True, False])}, anchor_dim=64)
     assert anchors.mask[:, 0].tolist() == [True, False] and np.isfinite(anchors.positions).all()
+
+
+def authors_npy_columns(count=5, seed=0):
+    """lon, lat, row, col, x, y and A00..A63 as the authors' data code writes them."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(count, 64)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    x, y = rng.uniform(500_000, 500_500, count), rng.uniform(4_000_000, 4_000_300, count)
+    rows, cols = rng.integers(0, 50, count), rng.integers(0, 50, count)
+    return np.column_stack([rng.uniform(size=count), rng.uniform(size=count), rows, cols, x, y, vectors])
+
+
+@pytest.mark.parametrize("layout", ["numeric", "structured"])
+def test_the_authors_npy_format(tmp_path, layout):
+    """Positions are the y and x columns min-max normalised over the file, as (row, col)."""
+    table = authors_npy_columns()
+    if layout == "structured":
+        names = ["lon", "lat", "row", "col", "x", "y"] + [f"A{i:02d}" for i in range(64)]
+        array = np.zeros(len(table), dtype=[(name, "f8" if i < 6 else "f4") for i, name in enumerate(names)])
+        for i, name in enumerate(names):
+            array[name] = table[:, i]
+    else:
+        array = table
+    np.save(tmp_path / "sample.npy", array)
+    anchors = as_anchor_set(tmp_path / "sample.npy", anchor_dim=64)
+    y, x = table[:, 5], table[:, 4]
+    expected = np.stack([(y - y.min()) / (y.max() - y.min()), (x - x.min()) / (x.max() - x.min())], -1)
+    np.testing.assert_allclose(anchors.positions, expected, atol=1e-6)
+    np.testing.assert_array_equal(anchors.values[:, 0], table[:, 6:].astype(np.float32))
+
+
+def test_an_npy_without_x_y_is_placed_by_row_and_col(tmp_path):
+    table = authors_npy_columns()
+    table[:, 4:6] = np.nan
+    np.save(tmp_path / "sample.npy", table)
+    anchors = as_anchor_set(tmp_path / "sample.npy", anchor_dim=64)
+    rows, cols = table[:, 2], table[:, 3]
+    np.testing.assert_allclose(anchors.positions[:, 0], (rows - rows.min()) / (rows.max() - rows.min()), atol=1e-6)
+    np.testing.assert_allclose(anchors.positions[:, 1], (cols - cols.min()) / (cols.max() - cols.min()), atol=1e-6)
+
+
+def test_anchor_files_are_read_by_content_and_bad_ones_named(tmp_path):
+    np.save(tmp_path / "really_npy.npz", authors_npy_columns())  # np.save appends .npy: rename to the wrong suffix
+    (tmp_path / "really_npy.npz.npy").rename(tmp_path / "really_npy.npz")
+    assert as_anchor_set(tmp_path / "really_npy.npz", anchor_dim=64).values.shape == (5, 1, 64)
+    np.save(tmp_path / "short.npy", np.zeros((4, 10)))
+    with pytest.raises(ValueError, match=r"short.npy: an anchor .npy must be .* numeric \[S, 70\] array"):
+        as_anchor_set(tmp_path / "short.npy", anchor_dim=64)
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="objects.npy: not a readable .npz or .npy"):  # never unpickled
+        as_anchor_set(tmp_path / "objects.npy", anchor_dim=64)

@@ -75,6 +75,33 @@ def test_the_authors_manifest(tmp_path):
     assert check(str(tmp_path / "out")) == []
 
 
+def test_the_authors_manifest_as_they_write_it(tmp_path):
+    """Through the console script: a JSON list of rows, `.npy` anchors, detection answers in a code fence or `None`,
+    boxes beyond the 504 px square (their own examples hold x = -35 and x2 = 529)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from test_anchors import authors_npy_columns
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)).save(tmp_path / "chip.png")
+    np.save(tmp_path / "chip_aef.npy", authors_npy_columns(count=9))
+    fenced = "```json\n" + json.dumps([{"bbox_2d": [-35, 10, 529, 80], "label": "ship"}]) + "\n```"
+    rows = [{"id": f"q{i}", "image": "chip.png", "aef": "chip_aef.npy", "question": "Detect the ships.", "answer": answer,
+             "coordinate_size": 504} for i, answer in enumerate([fenced, None, "2"])]
+    (tmp_path / "manifest.json").write_text(json.dumps(rows))
+    command = [str(Path(sys.executable).with_name("fusar-data")), "import-manifest", str(tmp_path / "manifest.json"),
+               "--output", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = {r["id"].rsplit("/", 1)[-1]: r for r in rows_by_id(tmp_path / "out").values()}
+    tasks = sorted(r["task"] for r in imported.values())
+    assert tasks == ["counting", "detection", "detection"]
+    assert {r["messages"][1]["content"] for r in imported.values() if r["task"] == "detection"} == {fenced, "None"}
+    assert all(len(r["anchor_values"]) == 9 for r in imported.values())
+    assert check(str(tmp_path / "out")) == []
+
+
 def test_manifest_errors_name_the_line(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "image": "x.png"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:1: not an authors' manifest row"):

@@ -61,6 +61,16 @@ def test_detection_with_no_targets_and_no_predictions():
     assert result["f1@0.5"] == 0.0 and result["precision@0.5"] == 0.0 and result["unparsable"] == 0
 
 
+def test_detection_answers_as_the_authors_write_them():
+    """A code fence, None / null for no targets, boxes beyond the 504 px image (x = -35, x2 = 529 in their data)."""
+    fenced = "```json\n" + json.dumps([box(-35, 10, 60, 80)]) + "\n```"
+    result = metric("sar_detection").compute(
+        predictions=[fenced, "None", "null", json.dumps([box(470, 0, 529, 40)])],
+        references=[json.dumps([box(-35, 10, 60, 80)]), "None", "None", "```json\n" + json.dumps([box(470, 0, 529, 40)]) + "\n```"])
+    assert result["unparsable"] == 0
+    assert result["precision@0.5"] == result["recall@0.5"] == 1.0
+
+
 def test_captions_and_exact_match():
     perfect = metric("sar_caption").compute(predictions=["A SAR scene of water, with 3 ships."] * 2,
                                             references=["a sar scene of water with 3 ships"] * 2)

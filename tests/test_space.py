@@ -54,6 +54,11 @@ def test_boxes_are_drawn_from_a_detection_answer():
     drawn = np.asarray(fusar_demo.draw_boxes(image, 'Found: [{"bbox_2d": [10, 10, 30, 30], "label": "ship"}]'))
     assert drawn[10, 10:31].any() and not drawn[40, 40].any()
     assert np.array_equal(np.asarray(fusar_demo.draw_boxes(image, "no boxes")), np.asarray(image))
+    # The authors' writing: a code fence, a box beyond the image; None for no targets; a reversed box is skipped.
+    fenced = '```json\n[{"bbox_2d": [-35, 10, 529, 30], "label": "ship"}]\n```'
+    assert not np.array_equal(np.asarray(fusar_demo.draw_boxes(image, fenced)), np.asarray(image))
+    for answer in ("None", '[{"bbox_2d": [30, 30, 10, 10], "label": "ship"}]'):
+        assert np.array_equal(np.asarray(fusar_demo.draw_boxes(image, answer)), np.asarray(image))
 
 
 @pytest.mark.parametrize("content, name, message", [

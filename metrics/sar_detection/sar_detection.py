@@ -12,13 +12,16 @@ THRESHOLDS = (0.25, 0.5)
 
 
 def boxes(text: str):
-    """[(label, (x1, y1, x2, y2))] from the first JSON list in the text, or None when there is no valid one
-    (every box needs a label and exactly four finite numbers)."""
-    text = text or ""
+    """[(label, (x1, y1, x2, y2))] from the first JSON list in the text (a code fence around it is fine), [] for the
+    authors' "None" / "null" (no targets), or None when there is no valid list (every box needs a label and exactly
+    four finite numbers). Boxes may reach beyond the image, as the authors' references do."""
+    text = (text or "").strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    if text.lower() in ("none", "null"):
+        return []
     try:
         items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
         parsed = [(str(i["label"]).strip().lower(), tuple(float(v) for v in i["bbox_2d"])) for i in items]
-    except (ValueError, TypeError, KeyError, AttributeError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
         return None
     if not all(len(box) == 4 and all(math.isfinite(v) for v in box) for _, box in parsed):
         return None
