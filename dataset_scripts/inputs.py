@@ -4,6 +4,7 @@ authors' manifest. Each becomes a list of `SceneInput`: paths and labels only, r
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -84,9 +85,12 @@ def from_jsonl(path, *, source: str = "", sensor: str = "") -> list[SceneInput]:
     return scenes
 
 
-def manifest_task(answer: str) -> str:
-    """The task of an authors' manifest row, from the shape of its answer."""
+def manifest_task(answer: str, question: str = "") -> str:
+    """The task of an authors' manifest row, from the shape of its answer (`None` / `null`, their "no targets", only
+    for a question that asks to detect)."""
     text = answer.strip()
+    if text.lower() in ("none", "null") and not re.search(r"detect|bbox|bounding box", question, re.IGNORECASE):
+        return "vqa"
     if text.isdigit():
         return "counting"
     if text in {cell for row in GRID_CELLS for cell in row}:
@@ -128,9 +132,11 @@ def from_manifest(path, *, task: str | None = None, source: str = "") -> list[Sc
             scene = scenes.setdefault(str(image), SceneInput(
                 image.stem, str(image), source=source, anchors=str(path.parent / record["aef"]) if record.get("aef") else None,
                 image_size=size))
-            answer = str(record["answer"])
+            answer = record["answer"]  # JSON values (their box lists, null) as JSON text
+            answer = answer if isinstance(answer, str) else "None" if answer is None else json.dumps(answer)
             scene.questions.append({"question": record["question"], "answer": answer,
-                                    "task": task or manifest_task(answer), "id": str(record["id"])})
+                                    "task": task or manifest_task(answer, str(record["question"])),
+                                    "id": str(record["id"])})
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise ValueError(f"{where}: not an authors' manifest row "
                              f"(id, image, aef, question, answer, coordinate_size) ({error!r})") from error

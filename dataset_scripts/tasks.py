@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
+import string
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -57,16 +57,17 @@ def parse_detection_answer(text: str) -> list[dict] | None:
     y2], "label": ...}`, maybe inside a code fence or other text, boxes maybe beyond the image; `None` or `null` for
     no targets. None when the answer does not parse (every box needs a label and four finite numbers)."""
     text = (text or "").strip()
-    fenced = re.fullmatch(r"```[a-zA-Z]*\s*(.*?)\s*```", text, re.S)
-    text = fenced.group(1) if fenced else text
+    if text.startswith("```"):  # a fence and its language tag; string operations, never a backtracking regex
+        text = text[3:].lstrip(string.ascii_letters).removesuffix("```").strip()
     if text.lower() in ("none", "null"):
         return []
     try:
         items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
-        boxes = [{"bbox_2d": [float(v) for v in item["bbox_2d"]], "label": str(item["label"])} for item in items]
+        boxes = [{"bbox_2d": [float(v) for v in item["bbox_2d"]], "label": item["label"]} for item in items]
     except (ValueError, TypeError, KeyError, RecursionError):
         return None
-    if not all(len(b["bbox_2d"]) == 4 and all(math.isfinite(v) for v in b["bbox_2d"]) for b in boxes):
+    if not all(isinstance(b["label"], str) and len(b["bbox_2d"]) == 4 and all(map(math.isfinite, b["bbox_2d"]))
+               for b in boxes):
         return None
     return boxes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import re
 from pathlib import Path
@@ -26,6 +27,10 @@ TLM_FIELDS = ("sigma", "hidden_mult", "image_size", "vec_dim")
 FILM_WEIGHTS = "vec64_film.pt"
 # A legacy TLM folder (no tlm_config.json): their loader assumes these and needs the training sigma given.
 LEGACY_TLM = {"format": TLM_FORMAT, "hidden_mult": 4, "image_size": 504, "vec_dim": 64}
+
+
+def is_number(value, kind=(int, float)) -> bool:
+    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def read_tlm_config(tlm_dir: Path, legacy_sigma: float | None = None) -> dict:
@@ -53,9 +58,10 @@ def read_tlm_config(tlm_dir: Path, legacy_sigma: float | None = None) -> dict:
             raise ValueError(f"{path}: missing fields {missing}; expected {{format, {', '.join(TLM_FIELDS)}}}")
     checks = {
         "vec_dim": (config["vec_dim"] == 64, "64 (AlphaEarth vectors)"),
-        "sigma": (isinstance(config["sigma"], (int, float)) and config["sigma"] > 0, "a positive number"),
-        "hidden_mult": (isinstance(config["hidden_mult"], int) and config["hidden_mult"] > 0, "a positive integer"),
-        "image_size": (isinstance(config["image_size"], int) and config["image_size"] > 0
+        "sigma": (is_number(config["sigma"]) and math.isfinite(config["sigma"]) and config["sigma"] > 0,
+                  "a positive number"),
+        "hidden_mult": (is_number(config["hidden_mult"], int) and config["hidden_mult"] > 0, "a positive integer"),
+        "image_size": (is_number(config["image_size"], int) and config["image_size"] > 0
                        and config["image_size"] % 28 == 0, "a positive multiple of 28 (504 in the release)"),
     }
     for name, (ok, expected) in checks.items():
@@ -68,11 +74,12 @@ def read_film_mlp(tlm_dir: Path, anchor_dim: int, mlp_hidden: int, hidden_size: 
     path = tlm_dir / FILM_WEIGHTS
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)["film_mlp"]
-    except (OSError, RuntimeError, KeyError, TypeError, pickle.UnpicklingError) as error:  # never unpickles code
-        raise ValueError(f"{path}: expected a torch file holding {{'film_mlp': state_dict}} ({error})") from error
+        shapes = {key: tuple(value.shape) for key, value in state.items()}
+    except (OSError, RuntimeError, KeyError, TypeError, IndexError, AttributeError, pickle.UnpicklingError) as error:
+        # (weights_only: never unpickles code)
+        raise ValueError(f"{path}: expected a torch file holding {{'film_mlp': state_dict}} ({error!r})") from error
     expected = {"0.weight": (mlp_hidden, anchor_dim), "0.bias": (mlp_hidden,),
                 "2.weight": (2 * hidden_size, mlp_hidden), "2.bias": (2 * hidden_size,)}
-    shapes = {key: tuple(value.shape) for key, value in state.items()}
     if shapes != expected:
         raise ValueError(f"{path}: film_mlp has shapes {shapes}; for this base model and tlm_config expected {expected}")
     return state
@@ -99,13 +106,21 @@ def merge_adapter(vlm, adapter: str):
         for pattern, replacement in LEGACY_QWEN_VL_KEYS.items():
             inner = re.sub(pattern, replacement, inner)
         weights[PEFT_PREFIX + inner] = value
-    layers = {re.sub(r"\.lora_[AB](\.\w+)?\.weight$", "", key.removeprefix(PEFT_PREFIX)) for key in weights}
+    lora = re.compile(r"\.lora_[AB](\.\w+)?\.weight$")
+    other = sorted(key for key in weights if not lora.search(key))
+    if other:
+        raise ValueError(f"{adapter}: the adapter holds weights besides LoRA A/B matrices (modules_to_save, DoRA "
+                         f"magnitudes, LoRA biases...), which this converter does not merge: e.g. {other[:3]}")
+    config = PeftConfig.from_pretrained(adapter)
+    if getattr(config, "rank_pattern", None) or getattr(config, "alpha_pattern", None):
+        raise ValueError(f"{adapter}: adapter_config.json sets rank_pattern / alpha_pattern by module name, which this "
+                         "converter does not map to today's names; merge it with PEFT on the base it was trained on")
+    layers = {lora.sub("", key.removeprefix(PEFT_PREFIX)) for key in weights}
     modules = dict(vlm.named_modules())
     unknown = sorted(layer for layer in layers if layer not in modules)
     if unknown:
         raise ValueError(f"{adapter}: the adapter does not fit the base model: weights for layers it does not have, "
                          f"e.g. {unknown[:3]}")
-    config = PeftConfig.from_pretrained(adapter)
     config.target_modules = layers  # full names: exactly these layers
     config.exclude_modules = config.layers_to_transform = config.layers_pattern = None
     model = get_peft_model(vlm, config)

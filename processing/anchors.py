@@ -89,7 +89,7 @@ def _from_npy(array: np.ndarray, path: Path, anchor_dim: int) -> AnchorSet:
     """As the authors' data code reads it: positions (row, col) are the y and x columns (else row and col), each
     min-max normalised over the file to [0, 1] (a column with one value sits at 0.5)."""
     bands = [f"A{i:02d}" for i in range(anchor_dim)]
-    if array.dtype.names:
+    if array.dtype.names and array.ndim == 1:
         missing = [name for name in bands if name not in array.dtype.names]
         if missing:
             raise ValueError(f"{path}: a structured anchor .npy needs fields {bands[0]}..{bands[-1]}; lacks {missing[:4]}")

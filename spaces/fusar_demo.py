@@ -168,7 +168,9 @@ def run(checkpoint: str, image_file, npz_file, tiles_dir: str, task: str, questi
         text = (question or "").strip() or TASKS.get(task, TASKS["Describe the scene"])
         answer = ask(model, processor, scene.image, anchors, text)
         note = "no anchors" if anchors is None else f"{int(anchors.mask.any(-1).sum())} anchors"
-        return answer, draw_boxes(scene.image, answer), modulation_map(model, processor, scene.image, anchors), \
+        # Boxes are in the coordinates of the image the model saw (a converted authors' model: their square).
+        seen = processor.model_image(scene.image)
+        return answer, draw_boxes(seen, answer), modulation_map(model, processor, scene.image, anchors), \
             f"Answered with {note}."
     except UserError as error:
         return "", None, None, str(error)

@@ -24,7 +24,8 @@ from modeling_fusar.visual_grids import visual_grids
 from test_anchor_modulation import reference_tlm
 
 CONVERTER = str(Path(sys.executable).with_name("fusar-convert-official"))
-TLM_CONFIG = {"format": "tlm_original_train_patch_resize_v1", "sigma": 2.0, "hidden_mult": 4, "image_size": 112,
+# sigma 3, not FusarConfig's default 2: a converter that ignored it would fail the logits comparison.
+TLM_CONFIG = {"format": "tlm_original_train_patch_resize_v1", "sigma": 3.0, "hidden_mult": 4, "image_size": 112,
               "vec_dim": 64}
 
 
@@ -114,7 +115,7 @@ def test_their_release_converts_to_a_checkpoint_that_computes_what_their_code_co
                      "--output", folder / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     assert AutoProcessor.from_pretrained(folder / "out").image_size == 112
-    torch.testing.assert_close(our_logits(folder, folder / "out"), their_logits(folder, film, 112, 2.0),
+    torch.testing.assert_close(our_logits(folder, folder / "out"), their_logits(folder, film, 112, 3.0),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -125,11 +126,11 @@ def test_a_legacy_tlm_folder_needs_its_training_sigma(release):
     assert refused.returncode == 2 and "--legacy-sigma" in refused.stderr and "Traceback" not in refused.stderr
     assert not (folder / "out").exists()
     result = convert("--base", folder / "base", "--tlm", folder / "tlm", "--adapter", folder / "adapter",
-                     "--legacy-sigma", "2", "--output", folder / "out")
+                     "--legacy-sigma", "2.5", "--output", folder / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     config = json.loads((folder / "out" / "config.json").read_text())
-    assert config["anchor_sigma"] == 2.0 and AutoProcessor.from_pretrained(folder / "out").image_size == 504
-    torch.testing.assert_close(our_logits(folder, folder / "out"), their_logits(folder, film, 504, 2.0),
+    assert config["anchor_sigma"] == 2.5 and AutoProcessor.from_pretrained(folder / "out").image_size == 504
+    torch.testing.assert_close(our_logits(folder, folder / "out"), their_logits(folder, film, 504, 2.5),
                                atol=1e-5, rtol=1e-5)
 
 
@@ -138,6 +139,7 @@ def test_a_legacy_tlm_folder_needs_its_training_sigma(release):
     ({"vec_dim": 128}, "vec_dim is 128, expected 64"),
     ({"image_size": 500}, "image_size is 500, expected a positive multiple of 28"),
     ({"sigma": -1}, "sigma is -1, expected a positive number"),
+    ({"sigma": True}, "sigma is True, expected a positive number"),
 ])
 def test_tlm_configs_their_loader_refuses_are_refused(release, change, message):
     folder, _ = release
@@ -158,10 +160,14 @@ def test_an_adapter_for_another_model_is_refused(release):
     assert not (folder / "out").exists()
 
 
-def test_film_weights_that_do_not_fit_the_base_are_refused(release):
+@pytest.mark.parametrize("content, message", [
+    ({"film_mlp": nn.Sequential(nn.Linear(64, 8), nn.SiLU(), nn.Linear(8, 4)).state_dict()}, "film_mlp has shapes"),
+    ({"film_mlp": [torch.zeros(2)]}, "expected a torch file holding {'film_mlp': state_dict}"),
+    (torch.zeros(3), "expected a torch file holding {'film_mlp': state_dict}"),
+])
+def test_film_weights_that_do_not_fit_the_base_are_refused(release, content, message):
     folder, _ = release
-    torch.save({"film_mlp": nn.Sequential(nn.Linear(64, 8), nn.SiLU(), nn.Linear(8, 4)).state_dict()},
-               folder / "tlm" / "vec64_film.pt")
+    torch.save(content, folder / "tlm" / "vec64_film.pt")
     result = convert("--base", folder / "base", "--tlm", folder / "tlm", "--output", folder / "out")
-    assert result.returncode == 2 and "vec64_film.pt: film_mlp has shapes" in result.stderr
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (folder / "out").exists()

@@ -87,8 +87,10 @@ def test_the_authors_manifest_as_they_write_it(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 80), dtype=np.uint8)).save(tmp_path / "chip.png")
     np.save(tmp_path / "chip_aef.npy", authors_npy_columns(count=9))
     fenced = "```json\n" + json.dumps([{"bbox_2d": [-35, 10, 529, 80], "label": "ship"}]) + "\n```"
+    boxes = [{"bbox_2d": [470, 0, 529, 40], "label": "ship"}]  # a JSON value, not text, in a JSON-list manifest
     rows = [{"id": f"q{i}", "image": "chip.png", "aef": "chip_aef.npy", "question": "Detect the ships.", "answer": answer,
-             "coordinate_size": 504} for i, answer in enumerate([fenced, None, "2"])]
+             "coordinate_size": 504} for i, answer in enumerate([fenced, None, "2", boxes])]
+    rows.append({**rows[2], "id": "q4", "question": "Is there a harbour?", "answer": "None"})  # None, not a detection
     (tmp_path / "manifest.json").write_text(json.dumps(rows))
     command = [str(Path(sys.executable).with_name("fusar-data")), "import-manifest", str(tmp_path / "manifest.json"),
                "--output", str(tmp_path / "out")]
@@ -96,8 +98,9 @@ def test_the_authors_manifest_as_they_write_it(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     imported = {r["id"].rsplit("/", 1)[-1]: r for r in rows_by_id(tmp_path / "out").values()}
     tasks = sorted(r["task"] for r in imported.values())
-    assert tasks == ["counting", "detection", "detection"]
-    assert {r["messages"][1]["content"] for r in imported.values() if r["task"] == "detection"} == {fenced, "None"}
+    assert tasks == ["counting", "detection", "detection", "detection", "vqa"]
+    detection = {r["messages"][1]["content"] for r in imported.values() if r["task"] == "detection"}
+    assert detection == {fenced, "None", json.dumps(boxes)}
     assert all(len(r["anchor_values"]) == 9 for r in imported.values())
     assert check(str(tmp_path / "out")) == []
 

@@ -69,6 +69,12 @@ def test_detection_answers_as_the_authors_write_them():
         references=[json.dumps([box(-35, 10, 60, 80)]), "None", "None", "```json\n" + json.dumps([box(470, 0, 529, 40)]) + "\n```"])
     assert result["unparsable"] == 0
     assert result["precision@0.5"] == result["recall@0.5"] == 1.0
+    # The dataset tools' parser reads answers the same way; an unclosed fence of blanks is just unparsable.
+    from dataset_scripts.tasks import parse_detection_answer
+
+    for answer in (fenced, "None", "```JSON\nnull\n```", "```" + " " * 4000 + "x" + " " * 4000 + "``"):
+        assert (parse_detection_answer(answer) is None) == (metric("sar_detection").compute(
+            predictions=[answer], references=["None"])["unparsable"] == 1)
 
 
 def test_captions_and_exact_match():

@@ -4,6 +4,7 @@ block inside other text is found); an answer that does not parse counts as no de
 
 import json
 import math
+import string
 
 import datasets
 import evaluate
@@ -15,7 +16,9 @@ def boxes(text: str):
     """[(label, (x1, y1, x2, y2))] from the first JSON list in the text (a code fence around it is fine), [] for the
     authors' "None" / "null" (no targets), or None when there is no valid list (every box needs a label and exactly
     four finite numbers). Boxes may reach beyond the image, as the authors' references do."""
-    text = (text or "").strip().removeprefix("```json").removeprefix("```").removesuffix("```").strip()
+    text = (text or "").strip()
+    if text.startswith("```"):  # a fence and its language tag
+        text = text[3:].lstrip(string.ascii_letters).removesuffix("```").strip()
     if text.lower() in ("none", "null"):
         return []
     try:
