@@ -65,19 +65,21 @@ def _from_file(path: Path, anchor_dim: int, years) -> AnchorSet:
     """An `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
     try:
         loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.lib.npyio.NpzFile):
-            with loaded:
-                loaded = {key: loaded[key] for key in loaded.files}
+        arrays = loaded if isinstance(loaded, np.ndarray) else _npz_arrays(loaded)
     except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"{path}: not a readable .npz or .npy anchor file ({error})") from error
-    if isinstance(loaded, np.ndarray):
-        return _from_npy(loaded, path, anchor_dim)
-    arrays = loaded
+    if isinstance(arrays, np.ndarray):
+        return _from_npy(arrays, path, anchor_dim)
     if "positions" not in arrays or not {"features", "values"} & set(arrays):
         raise ValueError(f"{path}: an anchor .npz needs 'features' (or 'values') and 'positions', has {sorted(arrays)}")
     values = arrays.get("values", arrays.get("features"))
     file_years = arrays["years"].tolist() if "years" in arrays else years
     return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, str(path))
+
+
+def _npz_arrays(npz) -> dict[str, np.ndarray]:
+    with npz:
+        return {key: npz[key] for key in npz.files}
 
 
 # The authors' .npy anchor files: these columns, then the vector (A00..A63): a structured array with these field
