@@ -158,9 +158,9 @@ def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int 
         for row in rows:
             row["image"] = Image.open(io.BytesIO(row["image"]["bytes"]))
     else:
-        import datasets
+        from dataset_scripts.loading import load_triplet_dataset
 
-        rows = list(datasets.load_dataset(dataset, split=split))
+        rows = list(load_triplet_dataset(dataset, split=split))
     return rows[:limit] if limit else rows
 
 

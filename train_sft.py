@@ -25,6 +25,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
+from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.schema import FEATURES, TASKS
 from evaluate_bench import row_anchors
 from modeling_fusar import FusarForConditionalGeneration
@@ -84,7 +85,7 @@ class FusarSFTTrainer(SFTTrainer):
 def load_triplets(name: str) -> datasets.DatasetDict:
     """The dataset, checked for the triplet schema before any training starts."""
     try:
-        dataset = datasets.load_dataset(name)
+        dataset = load_triplet_dataset(name)
     except Exception as error:  # datasets raises many kinds here; all mean "cannot use this"
         raise ValueError(f"--dataset_name {name}: cannot load it as a dataset ({error})") from error
     if "train" not in dataset or len(dataset["train"]) == 0:

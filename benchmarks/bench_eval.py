@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import datasets
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_fusar  # noqa: F401
+from dataset_scripts.loading import load_triplet_dataset
 from evaluate_bench import generate_answers
 
 
@@ -24,7 +24,7 @@ def main():
     args = parser.parse_args()
     model = AutoModelForImageTextToText.from_pretrained(args.checkpoint)
     processor = AutoProcessor.from_pretrained(args.checkpoint)
-    rows = list(datasets.load_dataset(args.dataset, split="test").select(range(args.rows)))
+    rows = list(load_triplet_dataset(args.dataset, split="test").select(range(args.rows)))
     generate_answers(model, processor, rows[:8], batch_size=8, progress=False)  # warm-up
     rates = {}
     for batch_size in (1, 8):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections import defaultdict
 
 import datasets
@@ -10,6 +9,7 @@ import numpy as np
 
 from .alphaearth import DIM
 from .schema import FEATURES, TASKS
+from .loading import load_triplet_dataset
 from .tasks import parse_detection_answer
 
 NORM_TOLERANCE = 0.02  # AlphaEarth vectors are unit length to +-0.002; int8 rounding of our own tiles adds a little
@@ -69,9 +69,7 @@ def detection_problems(answer: str, width: int, height: int) -> list[str]:
 
 def check(path_or_repo: str) -> list[str]:
     """Every problem found, one line each: `<split>[<row>] <id>: <problem>`."""
-    # A fresh cache: datasets may otherwise hand back an earlier folder's rows for a folder of the same name.
-    with tempfile.TemporaryDirectory() as cache:
-        return _check(datasets.load_dataset(path_or_repo, cache_dir=cache))
+    return _check(load_triplet_dataset(path_or_repo))
 
 
 def _check(dataset: datasets.DatasetDict) -> list[str]:

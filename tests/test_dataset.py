@@ -15,12 +15,12 @@ from dataset_scripts.check import check
 from dataset_scripts.cli import main
 from dataset_scripts.inputs import from_jsonl, from_manifest, from_voc
 from dataset_scripts.schema import FEATURES
+from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.tasks import grid_cell
 
 
 def rows_by_id(path):
-    # Its own cache: datasets can mistake folders of the same name and size for each other.
-    loaded = datasets.load_dataset(str(path), cache_dir=str(path) + ".cache")
+    loaded = load_triplet_dataset(str(path))
     return {row["id"]: row for split in loaded.values() for row in split}
 
 
@@ -103,6 +103,19 @@ def test_the_authors_manifest_as_they_write_it(tmp_path):
     assert detection == {fenced, "None", json.dumps(boxes)}
     assert all(len(r["anchor_values"]) == 9 for r in imported.values())
     assert check(str(tmp_path / "out")) == []
+
+
+def test_two_folders_of_the_same_name_never_share_cached_rows(tmp_path):
+    """datasets keys a local folder's cache by its name: training and evaluation must each see their own rows."""
+    import evaluate_bench
+    import train_sft
+    from dataset_scripts.simulate import simulate
+
+    small, large = (simulate(tmp_path / size / "data", scenes=scenes) for size, scenes in (("a", 4), ("b", 12)))
+    sizes = [len(train_sft.load_triplets(str(folder))["train"]) for folder in (small, large)]
+    assert sizes == [len(load_triplet_dataset(str(folder))["train"]) for folder in (small, large)]
+    assert sizes[0] < sizes[1]
+    assert len(evaluate_bench.load_rows(str(large), "train", None, None)) == sizes[1]
 
 
 def test_manifest_errors_name_the_line(tmp_path):

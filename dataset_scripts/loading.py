@@ -1,0 +1,32 @@
+"""Loading a triplet dataset (a local folder or a Hub id) without ever getting another dataset's cached rows.
+
+`datasets.load_dataset(folder)` keys its cache by the folder's name and a hash that does not cover the files'
+contents: after one folder called `data` was loaded, another `data` (another path, other rows) comes back as the
+first one's cached rows. A local folder therefore gets a cache of its own, keyed by its path and the size and time
+of every file in it; Hub ids keep datasets' own cache, keyed by repository and revision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import datasets
+
+
+def local_cache_dir(name: str) -> str | None:
+    """The cache folder for a local dataset folder, None for a Hub id."""
+    folder = Path(name)
+    if not folder.is_dir():
+        return None
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    identity = [str(folder.resolve())] + [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+                                          for path in files]
+    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "fusar-gpt-local" / key)
+
+
+def load_triplet_dataset(name: str, split: str | None = None):
+    """`datasets.load_dataset(name, split=split)`, from a cache that belongs to exactly this folder's files."""
+    return datasets.load_dataset(name, split=split, cache_dir=local_cache_dir(name))
