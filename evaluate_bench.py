@@ -13,6 +13,7 @@ anchors as given; anchors removed; anchors shuffled across scenes; the base mode
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import random
@@ -23,6 +24,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from command_line import command, positive_int
 from processing.anchors import as_anchor_set, collate_anchor_sets
 
 ANCHOR_DIM = 64
@@ -128,7 +130,8 @@ def cached_answers(path: Path, model, processor, rows, anchors, use_anchors: boo
         for line in lines[1:]:
             try:
                 record = json.loads(line)
-                done[record["id"]] = record["prediction"]
+                if isinstance(record["prediction"], str):  # anything else was not written by us: generate anew
+                    done[record["id"]] = record["prediction"]
             except (ValueError, KeyError, TypeError):
                 continue
     else:
@@ -146,6 +149,26 @@ def cached_answers(path: Path, model, processor, rows, anchors, use_anchors: boo
                 file.write(json.dumps({"id": rows[i]["id"], "prediction": answer}) + "\n")
             file.flush()
     return [done[row["id"]] for row in rows]
+
+
+def loaded(load, source):
+    """`load(source)`, any failure of a corrupt or foreign model folder becoming one clear ValueError."""
+    try:
+        return load(source)
+    except Exception as error:  # transformers raises OSError, ValueError, KeyError, SafetensorError... for these
+        raise ValueError(f"{source}: cannot load it as a model ({type(error).__name__}: {error})") from error
+
+
+def weights_identity(source, model) -> str:
+    """What the prediction cache is keyed by, besides the path: a local folder's files (name, size, modification
+    time; the model card excepted, which evaluation itself updates), so that a model retrained into the same folder
+    never meets the old model's answers; a Hub model's commit."""
+    folder = Path(source)
+    if folder.is_dir():
+        files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.iterdir()
+                       if p.is_file() and p.name != "README.md")
+        return hashlib.sha1(json.dumps(files).encode()).hexdigest()
+    return f"{source}@{getattr(model.config, '_commit_hash', None)}"
 
 
 def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int | None) -> list[dict]:
@@ -173,24 +196,28 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     from evaluation.report import bar_plot, detection_overlays, markdown_table, update_model_card
 
     output, checkpoint = Path(output), Path(checkpoint)
+    for flag, folder in (("checkpoint", checkpoint), ("--stage1", stage1)):
+        if folder is not None and not Path(folder).is_dir():
+            raise ValueError(f"{flag} {folder}: no such checkpoint folder")
     rows = load_rows(dataset, split, manifest, limit)
     if not rows:
         raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
-    processor = AutoProcessor.from_pretrained(checkpoint)
-    models = {"checkpoint": AutoModelForImageTextToText.from_pretrained(checkpoint)}
+    processor = loaded(AutoProcessor.from_pretrained, checkpoint)
+    models = {"checkpoint": loaded(AutoModelForImageTextToText.from_pretrained, checkpoint)}
     plan = [(variant, "checkpoint", variant != "no anchors") for variant in variants]
     if base:
         from modeling_fusar import FusarForConditionalGeneration
 
-        models["base"] = FusarForConditionalGeneration.from_base(base)  # exactly the base: no modulation yet
+        models["base"] = loaded(FusarForConditionalGeneration.from_base, base)  # exactly the base: no modulation yet
         plan.append(("base model", "base", False))
     if stage1:
-        models["stage1"] = AutoModelForImageTextToText.from_pretrained(stage1)
+        models["stage1"] = loaded(AutoModelForImageTextToText.from_pretrained, stage1)
         plan.append(("stage 1 only", "stage1", True))
+    sources = {"checkpoint": checkpoint, "base": base, "stage1": stage1}
     results, predictions = {}, {}
     for variant, model_name, use_anchors in plan:
         anchors = variant_anchors(rows, variant) if use_anchors else None
-        setting = {"model": str({"checkpoint": checkpoint, "base": base, "stage1": stage1}[model_name]),
+        setting = {"model": str(sources[model_name]), "weights": weights_identity(sources[model_name], models[model_name]),
                    "data": str(manifest or dataset), "split": split, "rows": len(rows), "max_new_tokens": max_new_tokens}
         predictions[variant] = cached_answers(output / "predictions" / f"{variant.replace(' ', '_')}.jsonl",
                                               models[model_name], processor, rows, anchors, use_anchors, batch_size,
@@ -215,6 +242,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     return report
 
 
+@command("fusar-eval")
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fusar-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", help="FUSAR-GPT checkpoint folder")
@@ -225,17 +253,14 @@ def main(argv=None):
     parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
     parser.add_argument("--base", help="also evaluate this base model without the anchor module")
     parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-new-tokens", type=positive_int, default=128)
+    parser.add_argument("--limit", type=positive_int, help="evaluate the first N rows only")
     parser.add_argument("--no-card", action="store_true", help="leave the checkpoint's model card as it is")
     args = parser.parse_args(argv)
-    try:
-        evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
-                            args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=not args.no_card)
-    except ValueError as error:
-        parser.exit(2, f"fusar-eval: {error}\n")
+    evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
+                        args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=not args.no_card)
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

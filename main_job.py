@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import datasets
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
 from trl import TrlParser
 
+from command_line import command, positive_int
 from dataset_scripts.simulate import simulate
 from evaluate_bench import evaluate_checkpoint, generate_answers, score
 from train_sft import FusarArguments, ModelConfig, SFTConfig, load_model, load_triplets
@@ -40,7 +42,7 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     """The main job; returns the results table as {column: {task: accuracy}}."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--output", default="outputs/main", help="folder for the data, checkpoints and report")
-    parser.add_argument("--scenes", type=int, default=300, help="simulated scenes (~5 rows each)")
+    parser.add_argument("--scenes", type=positive_int, default=300, help="simulated scenes (~5 rows each)")
     parser.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
     # Any other option (e.g. --stage2_epochs 1) goes to train_sft.py for both runs.
     args, overrides = parser.parse_known_args(argv)
@@ -57,7 +59,8 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     results = {}
     for number, (name, folder) in enumerate(runs.items()):
         print(f"[{2 + number}/4] training {name}: stage 1 (captions) then stage 2 (tasks) -> {folder}", flush=True)
-        options = ["--config", args.config, "--dataset_name", str(data), "--output_dir", str(folder), *overrides]
+        options = ["--config", args.config, "--dataset_name", str(data), "--output_dir", str(folder),
+                   "--overwrite_output_dir", "true", *overrides]  # a rerun of the main job retrains from scratch
         if "no anchors" in name:
             options += ["--use_anchors", "false"]
         fusar_args, training_args, model_args = TrlParser((FusarArguments, SFTConfig, ModelConfig)).parse_args_and_config(
@@ -93,9 +96,10 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     return results
 
 
+@command("fusar-main")
 def main(argv=None):
     run(argv)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -13,7 +13,10 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
+from command_line import command
+
 PACKAGES = ("modeling_fusar", "processing", "dataset_scripts")
+MODULES = ("evaluate_bench.py", "command_line.py")  # the app's generation, and what evaluate_bench imports
 SKIP = ["stage1/*", "stage2/*", "stage1-model/*", "*.partial/*", "**/__pycache__/*", "*.pyc", "*.cache/*"]
 
 
@@ -39,12 +42,14 @@ def publish(namespace: str, model=None, dataset=None, space=None, private: bool 
         for package in PACKAGES:  # the app imports these; a Space cannot pip install this checkout
             api.upload_folder(folder_path=str(root / package), path_in_repo=package, repo_id=repo, repo_type="space",
                               ignore_patterns=SKIP, commit_message=f"Add {package}")
-        api.upload_file(path_or_fileobj=str(root / "evaluate_bench.py"), path_in_repo="evaluate_bench.py", repo_id=repo,
-                        repo_type="space", commit_message="Add evaluate_bench.py (the app's generation)")
+        for module in MODULES:
+            api.upload_file(path_or_fileobj=str(root / module), path_in_repo=module, repo_id=repo, repo_type="space",
+                            commit_message=f"Add {module}")
         urls["space"] = f"{api.endpoint}/spaces/{repo}"
     return urls
 
 
+@command("fusar-publish")
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="fusar-publish", description=__doc__.split("\n\n")[0])
     parser.add_argument("--namespace", required=True, help="Hub user or organisation")
@@ -55,9 +60,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not (args.model or args.dataset or args.space):
         parser.error("give at least one of --model, --dataset, --space")
+    for flag, folder, needs in (("--model", args.model, "config.json"), ("--dataset", args.dataset, "README.md"),
+                                ("--space", args.space, "app.py")):
+        if folder and not (Path(folder) / needs).is_file():  # checked before anything is created on the Hub
+            raise ValueError(f"{flag} {folder}: not a folder with {needs}")
     for kind, url in publish(args.namespace, args.model, args.dataset, args.space, args.private).items():
         print(f"{kind}: {url}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,24 +14,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
+from command_line import command
 from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.schema import FEATURES, TASKS
 from evaluate_bench import row_anchors
 from modeling_fusar import FusarForConditionalGeneration
+from output_folders import RUN_FILES, check_replaceable
 from processing import FusarProcessor
 from processing.anchors import collate_anchor_sets
 from processing.base import load_base_processor
+from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
 from training.report import write_model_card, write_loss_curve
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
@@ -56,6 +59,8 @@ class FusarArguments:
     tiny_hidden_size: int = 128
     tiny_layers: int = 2
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many rows per stage"})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "replace the run already in --output_dir "
+                                                                         "(only files fusar-train writes are there)"})
 
 
 class FusarDataCollator(DataCollatorForVisionLanguageModeling):
@@ -181,15 +186,29 @@ def wants_resume(value) -> bool:
 
 
 def resume_point(value, stage_dir: str):
-    """Where a stage resumes: an explicit checkpoint folder, else the stage's own latest checkpoint, if any."""
+    """Where a stage resumes: an explicit checkpoint (checked by `prepare_output_dir`) when it is this stage's, else
+    the stage's latest whole checkpoint, if any."""
     if not wants_resume(value):
         return None
-    if value not in (True, "true", "True"):  # an explicit checkpoint belongs to the stage whose folder holds it
-        return value if Path(value).resolve().is_relative_to(Path(stage_dir).resolve()) else None
-    return get_last_checkpoint(stage_dir) if Path(stage_dir).is_dir() else None
+    if value not in (True, "true", "True"):
+        return value if Path(value).resolve().parent == Path(stage_dir).resolve() else None
+    return latest_whole_checkpoint(Path(stage_dir))
+
+
+def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
+    """Before any work: a resume names a checkpoint of this run; a new run never mixes with an old one's files."""
+    output, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
+    if wants_resume(resume):
+        if resume not in (True, "true", "True"):
+            check_explicit_checkpoint(resume, output, args.stage)
+        return
+    if check_replaceable(output, overwrite=args.overwrite_output_dir, owned=RUN_FILES, tool="fusar-train",
+                         flag="--resume_from_checkpoint true to continue it, or --overwrite_output_dir true"):
+        shutil.rmtree(output)  # the old run's weights, checkpoints and stage-1 model must not outlive it
 
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
+    prepare_output_dir(args, training_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset, model_args)
@@ -227,12 +246,14 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     return output
 
 
+@command("fusar-train")
 def cli(argv=None) -> None:
-    """The `fusar-train` console script. Returns None: the script's exit status is 0 after a finished run."""
+    """The `fusar-train` console script (and `accelerate launch train_sft.py`): exit status 0 after a finished run,
+    2 with one line for a user's mistake."""
     parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
     args, training_args, model_args = parser.parse_args_and_config(args=argv)
     main(args, training_args, model_args)
 
 
 if __name__ == "__main__":
-    cli()
+    raise SystemExit(cli())

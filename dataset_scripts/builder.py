@@ -16,6 +16,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -25,7 +26,9 @@ import datasets
 from PIL import Image
 from tqdm.auto import tqdm
 
+from output_folders import DATASET_FILES, check_replaceable, replace_folder
 from processing.anchors import AnchorSet, as_anchor_set
+from processing.sar import check_image_memory
 
 from .alphaearth import DIM, sample_anchors
 from .card import write_card
@@ -48,6 +51,18 @@ class BuildConfig:
     description: str = ""
     extra_card: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name, low in (("grid_size", 1), ("years_before", 0), ("shard_size", 1), ("rows_per_file", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < low:
+                raise ValueError(f"BuildConfig.{name} must be an integer of at least {low}, got {value!r}")
+        unknown = set(self.tasks) - set(TASKS)
+        if unknown:
+            raise ValueError(f"BuildConfig.tasks: unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+        fractions = self.split_fractions
+        if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1):
+            raise ValueError(f"BuildConfig.split_fractions must be three non-negative shares summing to 1, got {fractions}")
+
 
 def split_of(scene_id: str, fractions=(0.8, 0.1, 0.1)) -> str:
     """train / validation / test from a hash of the scene id: stable, and never two splits for one scene."""
@@ -57,11 +72,14 @@ def split_of(scene_id: str, fractions=(0.8, 0.1, 0.1)) -> str:
 
 def scene_rows(scene: SceneInput, config: BuildConfig, alphaearth=None) -> list[dict]:
     """The dataset rows of one scene."""
+    if scene.problem:  # an input record that could not be read: skipped and reported like an unreadable image
+        raise ValueError(scene.problem)
     sar = read_sar_scene(scene.image, year=scene.year)
     image = sar.image
     objects = [dict(o) for o in scene.objects]
     if scene.image_size is not None and image.size != tuple(scene.image_size):
         # Answers and boxes are given in the resized image; bicubic, as the authors resize.
+        check_image_memory(f"{scene.image} resized to {scene.image_size}", *scene.image_size, 2 * 3 + 8)
         image = image.resize(tuple(scene.image_size), Image.Resampling.BICUBIC)
     anchors = scene_anchors(scene, sar, config, alphaearth)
     buffer = io.BytesIO()
@@ -106,18 +124,22 @@ def _build_shard(args) -> dict:
     for scene in scenes:
         try:
             rows.extend(scene_rows(scene, config, alphaearth))
-        except (ValueError, OSError) as error:
-            errors.append({"scene_id": scene.scene_id, "image": scene.image, "error": str(error)})
+        except Exception as error:  # one bad input (unreadable, malformed, too large) never stops the batch
+            kind = "" if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: "
+            local = str(Path(scene.image).parent) + os.sep  # the card may be published: no local folders in it
+            errors.append({"scene_id": scene.scene_id, "image": Path(scene.image).name,
+                           "error": kind + str(error).replace(local, "")})
     target = work / f"shard-{number:05d}.parquet"
     temporary = work / f".shard-{number:05d}.parquet.tmp"
-    datasets.Dataset.from_list(rows, features=FEATURES).to_parquet(str(temporary))
+    columns = {name: [row[name] for row in rows] for name in FEATURES}  # (from_list cannot type an empty shard)
+    datasets.Dataset.from_dict(columns, features=FEATURES).to_parquet(str(temporary))
     meta = {"scenes": len(scenes) - len(errors), "rows": len(rows), "errors": errors}
     (work / f"shard-{number:05d}.json").write_text(json.dumps(meta))
     os.replace(temporary, target)  # the parquet file appears last: its presence means the shard is done
     return meta
 
 
-def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, alphaearth) -> None:
+def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, alphaearth, overwrite: bool) -> None:
     """Finished shards are reused only by the build that made them: the same scenes, options and anchor source."""
     fingerprint = hashlib.sha1(json.dumps(
         {"scenes": [dataclasses.asdict(s) for s in scenes], "config": dataclasses.asdict(config),
@@ -125,8 +147,11 @@ def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, 
     ).encode()).hexdigest()
     record = work / "build.json"
     if record.exists() and json.loads(record.read_text())["fingerprint"] != fingerprint:
-        raise ValueError(f"{work} holds an unfinished build of other inputs or options; run that build again to finish "
-                         "it, or delete the folder to start this one")
+        if not overwrite:
+            raise ValueError(f"{work} holds an unfinished build of other inputs or options; run that build again to "
+                             "finish it, or pass --overwrite to discard it and start this one")
+        shutil.rmtree(work)  # only finished shards of another build: work to redo, nothing of the user's
+        work.mkdir(parents=True)
     record.write_text(json.dumps({"fingerprint": fingerprint}))
 
 
@@ -135,16 +160,17 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
     """Build the dataset of `scenes` into `output` (parquet shards per split and a card); returns `output`."""
     config = config or BuildConfig()
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise ValueError(f"{output} exists; choose another --output or pass --overwrite")
-    work = Path(str(output) + ".partial")
-    work.mkdir(parents=True, exist_ok=True)
+    check_replaceable(output, overwrite=overwrite, owned=DATASET_FILES, tool="fusar-data")
     scenes = sorted(scenes, key=lambda s: s.scene_id)
+    if not scenes:
+        raise ValueError("no scenes to build")
     if len({s.scene_id for s in scenes}) != len(scenes):
         duplicate = next(k for k, n in Counter(s.scene_id for s in scenes).items() if n > 1)
         raise ValueError(f"scene id {duplicate!r} appears more than once in the inputs")
     shards = [scenes[i : i + config.shard_size] for i in range(0, len(scenes), config.shard_size)]
-    check_same_build(work, scenes, config, alphaearth)
+    work = Path(str(output) + ".partial")
+    work.mkdir(parents=True, exist_ok=True)
+    check_same_build(work, scenes, config, alphaearth, overwrite)
     todo = [(n, shard, config, alphaearth, work) for n, shard in enumerate(shards)
             if not (work / f"shard-{n:05d}.parquet").exists()]
     with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="scenes -> rows (shards)", unit="shard") as bar:
@@ -157,10 +183,17 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
                 _build_shard(job)
                 bar.update()
     metas = [json.loads((work / f"shard-{n:05d}.json").read_text()) for n in range(len(shards))]
+    skipped = [e for meta in metas for e in meta["errors"]]
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(scenes)} scenes that could not be used (listed in the card); first: "
+              f"{skipped[0]['image']}: {skipped[0]['error']}", file=sys.stderr)
+    if not sum(meta["rows"] for meta in metas):
+        errors = [f"{e['image']}: {e['error']}" for meta in metas for e in meta["errors"]]
+        shutil.rmtree(work)  # nothing worth resuming: a corrected rerun starts afresh
+        raise ValueError(f"no rows: none of the {len(scenes)} scenes could be used ({len(errors)} could not be read; "
+                         f"first: {'; '.join(errors[:3]) or 'none gave a row for the chosen tasks'})")
     assemble(work, len(shards), config, metas)
-    if output.exists():
-        shutil.rmtree(output)
-    os.replace(work / "dataset", output)
+    replace_folder(work / "dataset", output)
     shutil.rmtree(work)
     return output
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from command_line import command, non_negative_int, positive_int
+
 from .schema import TASKS
 
 
@@ -20,10 +22,11 @@ def parse_tasks(text: str) -> tuple[str, ...]:
 def add_output_options(parser):
     parser.add_argument("--output", required=True, help="folder for the dataset (parquet shards per split + card)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
-    parser.add_argument("--num-proc", type=int, default=1, help="worker processes for the scenes")
+    parser.add_argument("--num-proc", type=positive_int, default=1, help="worker processes for the scenes")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the dataset folder to this Hub repo")
 
 
+@command("fusar-data")
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="fusar-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -38,17 +41,17 @@ def main(argv=None) -> int:
     build.add_argument("--alphaearth-year", type=int, help="... and its year")
     build.add_argument("--year", type=int, help="acquisition year for scenes whose files do not say")
     build.add_argument("--tasks", type=parse_tasks, default=TASKS, help=f"comma-separated, from {', '.join(TASKS)}")
-    build.add_argument("--grid-size", type=int, default=8, help="anchors per side of a scene (default 8)")
-    build.add_argument("--years-before", type=int, default=0, help="also anchor this many earlier years")
+    build.add_argument("--grid-size", type=positive_int, default=8, help="anchors per side of a scene (default 8)")
+    build.add_argument("--years-before", type=non_negative_int, default=0, help="also anchor this many earlier years")
     build.add_argument("--sensor", default="", help="sensor name for scenes that do not give one")
     build.add_argument("--source", default="", help="provenance and licence of the inputs")
     build.add_argument("--name", default="fusar-sar-triplets", help="dataset name in the card")
     build.add_argument("--license", default="other", help="licence of the dataset (Hub identifier)")
-    build.add_argument("--shard-size", type=int, default=64, help="scenes per resumable work shard")
+    build.add_argument("--shard-size", type=positive_int, default=64, help="scenes per resumable work shard")
     add_output_options(build)
 
     simulate = commands.add_parser("simulate", help="build the deterministic simulated dataset (the embedded default)")
-    simulate.add_argument("--scenes", type=int, default=300, help="number of scenes (about 5 rows each)")
+    simulate.add_argument("--scenes", type=positive_int, default=300, help="number of scenes (about 5 rows each)")
     simulate.add_argument("--seed", type=int, default=0)
     add_output_options(simulate)
 
@@ -57,23 +60,20 @@ def main(argv=None) -> int:
     manifest.add_argument("manifest", help="JSONL or a JSON list of {id, image, aef, question, answer, coordinate_size}")
     manifest.add_argument("--task", choices=TASKS, help="task of every row (default: from the shape of each answer)")
     manifest.add_argument("--source", default="FUSAR-GPT authors' release", help="provenance and licence")
+    manifest.add_argument("--root", help="folder the manifest's paths must lie under (default: the manifest's folder)")
     add_output_options(manifest)
 
     check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
     check.add_argument("dataset", help="dataset folder or Hub repo id")
 
     args = parser.parse_args(argv)
-    try:
-        if args.command == "check":
-            from .check import check as run_check
+    if args.command == "check":
+        from .check import check as run_check
 
-            problems = run_check(args.dataset)
-            print("\n".join(problems) or f"{args.dataset}: no problems found")
-            return 1 if problems else 0
-        output = run(args)
-    except ValueError as error:
-        print(f"fusar-data {args.command}: {error}", file=sys.stderr)
-        return 2
+        problems = run_check(args.dataset)
+        print("\n".join(problems) or f"{args.dataset}: no problems found")
+        return 1 if problems else 0
+    output = run(args)
     print(f"dataset written to {output}")
     if args.push_to_hub:
         from huggingface_hub import HfApi
@@ -96,7 +96,7 @@ def run(args) -> Path:
     if args.command == "import-manifest":
         from .inputs import from_manifest
 
-        scenes = from_manifest(args.manifest, task=args.task, source=args.source)
+        scenes = from_manifest(args.manifest, task=args.task, source=args.source, root=args.root)
         return build(scenes, args.output, BuildConfig(name=Path(args.manifest).stem), num_proc=args.num_proc,
                      overwrite=args.overwrite)
     from .alphaearth import AlphaEarthGeoTIFF, AlphaEarthTiles

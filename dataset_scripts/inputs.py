@@ -27,10 +27,18 @@ class SceneInput:
     source: str = ""
     anchors: str | None = None  # a per-scene anchor file (the authors' .npz)
     image_size: tuple[int, int] | None = None  # (width, height) to resize the image to, answers being in it
+    problem: str = ""  # why this input record cannot be used: the build skips it and reports it
+
+
+def unusable(where: str, problem: str) -> SceneInput:
+    """A placeholder for a malformed input record, so that one bad record is reported, not fatal to the batch."""
+    return SceneInput(scene_id=f"unusable {where}", image=where, problem=problem)
 
 
 def from_voc(folder, *, source: str = "", sensor: str = "") -> list[SceneInput]:
     """Pascal VOC: one XML per image (`filename`, `object/name`, `object/bndbox`), images beside the XML."""
+    if not Path(folder).is_dir():
+        raise ValueError(f"--voc {folder}: no such folder")
     scenes = []
     for xml in sorted(Path(folder).glob("*.xml")):
         try:
@@ -38,8 +46,9 @@ def from_voc(folder, *, source: str = "", sensor: str = "") -> list[SceneInput]:
             objects = [{"bbox": [float(o.find(f"bndbox/{k}").text) for k in ("xmin", "ymin", "xmax", "ymax")],
                         "category": o.find("name").text.strip().lower()} for o in root.iter("object")]
             filename = root.findtext("filename") or xml.with_suffix(".jpg").name
-        except (ElementTree.ParseError, AttributeError, ValueError) as error:
-            raise ValueError(f"{xml}: not a Pascal VOC annotation ({error})") from error
+        except (ElementTree.ParseError, AttributeError, ValueError, TypeError) as error:
+            scenes.append(unusable(str(xml), f"not a Pascal VOC annotation ({error})"))
+            continue
         image = xml.with_name(Path(filename).name)
         if not image.exists():  # VOC files often name a file of the annotator's machine: look beside the XML
             image = next((xml.with_suffix(s) for s in IMAGE_SUFFIXES if xml.with_suffix(s).exists()), image)
@@ -80,8 +89,8 @@ def from_jsonl(path, *, source: str = "", sensor: str = "") -> list[SceneInput]:
                 record.get("captions", [record["caption"]] if "caption" in record else []),
                 record.get("questions", []), record.get("year"), record.get("sensor", sensor),
                 record.get("source", source)))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ValueError(f"{path}:{number}: not a scene record ({error})") from error
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            scenes.append(unusable(f"{path}:{number}", f"not a scene record ({error!r})"))
     return scenes
 
 
@@ -118,26 +127,56 @@ def manifest_rows(path: Path) -> list[tuple[str, object]]:
     return rows
 
 
-def from_manifest(path, *, task: str | None = None, source: str = "") -> list[SceneInput]:
+def from_manifest(path, *, task: str | None = None, source: str = "", root=None) -> list[SceneInput]:
     """The authors' manifest: JSONL (or a JSON list) with `id, image, aef, question, answer, coordinate_size` (paths
     relative to the manifest, `aef` their .npz / .npy anchors, answers in the coordinates of the image resized to
-    `coordinate_size`; detection answers as they write them, `None` for no targets)."""
+    `coordinate_size`; detection answers as they write them, `None` for no targets).
+
+    Paths must lie under `root` (default: the manifest's folder), so that a third party's manifest cannot pull other
+    files of this machine into a dataset that may be published. A malformed row is reported and skipped."""
     path = Path(path)
+    root = Path(root or path.parent).resolve()
     scenes: dict[str, SceneInput] = {}
+    problems = []
     for where, record in manifest_rows(path):
         try:
-            size = record.get("coordinate_size")
-            size = None if size is None else (int(size), int(size)) if isinstance(size, (int, float)) else tuple(size)
-            image = path.parent / record["image"]
-            scene = scenes.setdefault(str(image), SceneInput(
-                image.stem, str(image), source=source, anchors=str(path.parent / record["aef"]) if record.get("aef") else None,
-                image_size=size))
-            answer = record["answer"]  # JSON values (their box lists, null) as JSON text
-            answer = answer if isinstance(answer, str) else "None" if answer is None else json.dumps(answer)
-            scene.questions.append({"question": record["question"], "answer": answer,
-                                    "task": task or manifest_task(answer, str(record["question"])),
-                                    "id": str(record["id"])})
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise ValueError(f"{where}: not an authors' manifest row "
-                             f"(id, image, aef, question, answer, coordinate_size) ({error!r})") from error
-    return list(scenes.values())
+            if not isinstance(record, dict):
+                raise ValueError(f"expected a JSON object, got {type(record).__name__}")
+            image = confined(path.parent, record["image"], root, "image")
+            anchors = confined(path.parent, record["aef"], root, "aef") if record.get("aef") else None
+            size, question, answer = coordinate_size(record), record["question"], record["answer"]
+            if not isinstance(question, str):
+                raise ValueError(f"question must be text, got {question!r}")
+            answer = answer if isinstance(answer, str) else "None" if answer is None else json.dumps(answer)  # JSON as text
+            entry = {"question": question, "answer": answer, "task": task or manifest_task(answer, question),
+                     "id": str(record["id"])}
+            scene = scenes.setdefault(image, SceneInput(Path(image).stem, image, source=source, anchors=anchors,
+                                                        image_size=size))
+            scene.questions.append(entry)
+        except (ValueError, KeyError, TypeError) as error:
+            problems.append(unusable(where, "not an authors' manifest row (id, image, aef, question, answer, "
+                                            f"coordinate_size): {error!r}"))
+    return list(scenes.values()) + problems
+
+
+def confined(folder: Path, value, root: Path, field: str) -> str:
+    """`value`, a path relative to `folder`, resolved; a ValueError unless it is text and lies under `root`."""
+    if not isinstance(value, str) or not value or Path(value).is_absolute():
+        shown = "an absolute path" if isinstance(value, str) and value else repr(value)  # not echoed into a card
+        raise ValueError(f"{field} must be a path relative to the manifest, got {shown}")
+    resolved = (folder / value).resolve()
+    if not resolved.is_relative_to(root):
+        raise ValueError(f"{field} {value!r} lies outside the manifest's folder (or --root); paths must stay under it")
+    return str(resolved)
+
+
+def coordinate_size(record: dict) -> tuple[int, int] | None:
+    """The square (or [width, height]) the row's answers are given in; None: the image's own size."""
+    size = record.get("coordinate_size")
+    if size is None:
+        return None
+    sides = [size, size] if not isinstance(size, (list, tuple)) else list(size)
+    whole = [v for v in sides if isinstance(v, int) and not isinstance(v, bool) or isinstance(v, float) and v.is_integer()]
+    if len(sides) != 2 or len(whole) != 2 or min(whole) <= 0:
+        raise ValueError(f"coordinate_size must be a positive integer or [width, height], got {size!r}")
+    return int(sides[0]), int(sides[1])

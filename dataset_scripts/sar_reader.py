@@ -41,9 +41,11 @@ class SarScene:
     polarization: str
 
 
-def read_sar_scene(path, *, year: int | None = None, bands=None, unit: str = "auto") -> SarScene:
+def read_sar_scene(path, *, year: int | None = None, bands=None, unit: str = "auto",
+                   max_bytes: int | None = None) -> SarScene:
+    """The scene at `path`; `max_bytes` bounds the memory of the conversion (see `processing.sar.check_image_memory`)."""
     path = Path(path)
-    image = load_sar_image(path, bands=bands, unit=unit)
+    image = load_sar_image(path, bands=bands, unit=unit, max_bytes=max_bytes)
     footprint, tags, names = None, {}, []
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
         with rasterio.open(path) as dataset:

@@ -14,10 +14,14 @@ import json
 import math
 import pickle
 import re
+import shutil
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForImageTextToText
+
+from command_line import command
+from output_folders import RUN_FILES, check_replaceable, replace_folder
 
 from .modeling_fusar import FusarForConditionalGeneration
 
@@ -136,8 +140,10 @@ def merge_adapter(vlm, adapter: str):
 
 
 def convert(base: str, tlm_dir: str | Path, output: str | Path, adapter: str | None = None,
-            dtype: torch.dtype | str = "auto", legacy_sigma: float | None = None) -> FusarForConditionalGeneration:
-    tlm_dir = Path(tlm_dir)
+            dtype: torch.dtype | str = "auto", legacy_sigma: float | None = None,
+            overwrite: bool = False) -> FusarForConditionalGeneration:
+    tlm_dir, output = Path(tlm_dir), Path(output)
+    check_replaceable(output, overwrite=overwrite, owned=RUN_FILES, tool="fusar-convert-official")
     tlm = read_tlm_config(tlm_dir, legacy_sigma)
     vlm = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
     if adapter is not None:
@@ -150,12 +156,16 @@ def convert(base: str, tlm_dir: str | Path, output: str | Path, adapter: str | N
     )
     model.anchor_module.film.load_state_dict({k: v.to(model.dtype) for k, v in state.items()})
     processor = _processor(base, int(tlm["vec_dim"]), int(tlm["image_size"]))  # read before anything is written
-    model.save_pretrained(output)
+    work = output.with_name(output.name + ".partial")  # written whole, then put in place
+    if work.exists():
+        shutil.rmtree(work)
+    model.save_pretrained(work)
     if processor is None:
         print(f"note: {base} holds no saved processor (processor_config.json); save FusarProcessor.from_base(..., "
               f"image_size={tlm['image_size']}) to {output} yourself")
     else:
-        processor.save_pretrained(output)
+        processor.save_pretrained(work)
+    replace_folder(work, output)
     return model
 
 
@@ -169,6 +179,7 @@ def _processor(base: str, anchor_dim: int, image_size: int):
     return FusarProcessor.from_base(load_base_processor(base), anchor_dim=anchor_dim, image_size=image_size)
 
 
+@command("fusar-convert-official")
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--base", required=True, help="base Qwen2.5-VL model: local folder or Hub id")
@@ -179,13 +190,12 @@ def main(argv=None):
     parser.add_argument("--adapter", help="the authors' PEFT LoRA adapter folder, merged into the base")
     parser.add_argument("--output", required=True, help="folder for the FUSAR-GPT checkpoint")
     parser.add_argument("--dtype", default="auto", help="weights dtype: auto, bfloat16, float16 or float32")
+    parser.add_argument("--overwrite", action="store_true", help="replace a checkpoint already in --output")
     args = parser.parse_args(argv)
-    try:
-        convert(args.base, args.tlm, args.output, adapter=args.adapter, dtype=args.dtype, legacy_sigma=args.legacy_sigma)
-    except ValueError as error:
-        parser.exit(2, f"fusar-convert-official: error: {error}\n")
+    convert(args.base, args.tlm, args.output, adapter=args.adapter, dtype=args.dtype, legacy_sigma=args.legacy_sigma,
+            overwrite=args.overwrite)
     print(f"FUSAR-GPT checkpoint written to {args.output}")
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

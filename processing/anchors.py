@@ -154,6 +154,8 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
 
 def grid_positions(grid_size: int) -> np.ndarray:
     """(row, col) fractions of a `grid_size` x `grid_size` grid of cell centres, row-major."""
+    if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 1:
+        raise ValueError(f"grid_size must be a positive integer, got {grid_size!r}")
     centres = (np.arange(grid_size) + 0.5) / grid_size
     rows, cols = np.meshgrid(centres, centres, indexing="ij")
     return np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
@@ -165,9 +167,9 @@ def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, year
     field = np.asarray(field, dtype=np.float32)
     if field.ndim == 3:
         field = field[None]
-    if field.ndim != 4 or field.shape[1] != anchor_dim:
+    if field.ndim != 4 or field.shape[1] != anchor_dim or 0 in field.shape:
         raise ValueError(f"{where}: a dense anchor field must be [D, H, W] or [T, D, H, W] with D=anchor_dim="
-                         f"{anchor_dim}, got shape {field.shape}")
+                         f"{anchor_dim} and no empty axis, got shape {field.shape}")
     positions = grid_positions(grid_size)
     height, width = field.shape[-2:]
     pixel_rows = np.round(positions[:, 0] * (height - 1)).astype(int)

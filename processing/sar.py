@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from pathlib import Path
 
@@ -20,49 +21,94 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 UNITS = ("auto", "db", "amplitude", "intensity", "complex")
+MAX_IMAGE_BYTES = 4 * 2**30  # default memory budget of one conversion; FUSAR_MAX_IMAGE_BYTES overrides it
 QUAD_ORDER = ("HH", "HV", "VH", "VV")
 CLIP_PERCENTILES = (2.0, 98.0)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
 
 
-def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None, nodata=None) -> Image.Image:
+def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None, nodata=None,
+                   max_bytes: int | None = None) -> Image.Image:
     """The 8-bit RGB image the model sees, from a file path, a PIL image or an array [H, W] / [H, W, C] / [C, H, W]
     (channels last for uint8, first for radar values; a 2-D array is one channel).
 
-    `bands` picks GeoTIFF bands by 1-based index or by description (e.g. ["VV", "VH"]).
+    `bands` picks GeoTIFF bands by 1-based index or by description (e.g. ["VV", "VH"]). A file's size is checked
+    from its header, before any pixel is decoded, against `max_bytes` of working memory (see `check_image_memory`).
     """
     if isinstance(source, Image.Image):
+        check_image_memory("the given PIL image", *source.size, _pil_bytes_per_pixel(source), max_bytes)
         return _from_pil(source, "the given PIL image", unit)
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
         if path.suffix.lower() in GEOTIFF_SUFFIXES:
-            data, names, file_nodata = read_geotiff_bands(path, bands)
+            data, names, file_nodata = read_geotiff_bands(path, bands, max_bytes=max_bytes)
             if data.dtype == np.uint8 and unit == "auto":
                 return _quicklook(np.moveaxis(data, 0, -1), str(path))
-            return Image.fromarray(sar_to_uint8(data, unit=unit, polarizations=polarizations or names,
-                                                nodata=nodata if nodata is not None else file_nodata))
+            return Image.fromarray(_where(path, sar_to_uint8, data, unit=unit, polarizations=polarizations or names,
+                                          nodata=nodata if nodata is not None else file_nodata))
+        if bands is not None:
+            raise ValueError(f"{path}: bands= picks bands of a GeoTIFF; this is not one (.tif / .tiff)")
         try:
-            with Image.open(path) as image:
+            with Image.open(path) as image:  # lazy: the header only, until load()
+                check_image_memory(str(path), *image.size, _pil_bytes_per_pixel(image), max_bytes)
                 image.load()
                 return _from_pil(image, str(path), unit)
-        except (OSError, UnidentifiedImageError) as error:
+        except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
             raise ValueError(f"{path}: not a readable image file ({error})") from error
     array = np.asarray(source)
     if array.dtype == np.uint8 and unit == "auto":
         return _quicklook(array, "the given uint8 array")
     if array.ndim == 2:
         array = array[None]
+    if array.ndim == 3:
+        check_image_memory("the given array", array.shape[2], array.shape[1],
+                           radar_bytes_per_pixel(array.shape[0], array.dtype.itemsize), max_bytes)
     return Image.fromarray(sar_to_uint8(array, unit=unit, polarizations=polarizations, nodata=nodata))
 
 
-def read_geotiff_bands(path, bands=None):
-    """(data [C, H, W], band names or None, nodata) read with rasterio; clear errors for bad files and bands."""
+def radar_bytes_per_pixel(bands: int, value_bytes: int) -> int:
+    """An upper estimate of the memory one pixel takes while radar values become the 8-bit image: the values, a
+    validity mask and three float64 working copies per band, then the three output channels' float64 copies."""
+    return bands * (value_bytes + 1 + 3 * 8) + 3 * 2 * 8 + 16
+
+
+def check_image_memory(where: str, width: int, height: int, bytes_per_pixel: int, max_bytes: int | None = None) -> None:
+    """Refuse an image whose conversion would need more than `max_bytes` (default FUSAR_MAX_IMAGE_BYTES, else 4 GiB)."""
+    limit = max_bytes if max_bytes is not None else int(os.environ.get("FUSAR_MAX_IMAGE_BYTES", MAX_IMAGE_BYTES))
+    needed = width * height * bytes_per_pixel
+    if needed > limit:
+        raise ValueError(f"{where}: {width} x {height} pixels would need about {needed / 2**30:.2f} GiB to convert, "
+                         f"more than the limit of {limit / 2**30:.2f} GiB; crop or downsample it first, or raise "
+                         "FUSAR_MAX_IMAGE_BYTES")
+
+
+def _pil_bytes_per_pixel(image: Image.Image) -> int:
+    bands = len(image.getbands())
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # radar values
+        return radar_bytes_per_pixel(bands, 4)
+    return 2 * bands + 6  # the decoded image, its RGB copy and the array view
+
+
+def _where(path, function, *args, **kwargs):
+    """`function(*args, **kwargs)` with the file named in its ValueErrors."""
+    try:
+        return function(*args, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def read_geotiff_bands(path, bands=None, max_bytes: int | None = None):
+    """(data [C, H, W], band names or None, nodata) read with rasterio; clear errors for bad files and bands; the
+    size checked from the header first."""
     import rasterio
 
     try:
         with rasterio.open(path) as dataset:
             descriptions = [d.upper() if d else None for d in dataset.descriptions]
             indexes = _band_indexes(path, bands, descriptions, dataset.count)
+            value_bytes = max(np.dtype(dataset.dtypes[i - 1]).itemsize for i in indexes)
+            check_image_memory(str(path), dataset.width, dataset.height, radar_bytes_per_pixel(len(indexes), value_bytes),
+                               max_bytes)
             data = dataset.read(indexes)
             names = [descriptions[i - 1] for i in indexes]
             return data, (names if all(names) else None), dataset.nodata
@@ -79,6 +125,8 @@ def _band_indexes(path, bands, descriptions, count) -> list[int]:
             if band.upper() not in descriptions:
                 raise ValueError(f"{path}: no band named {band!r}; its bands are {descriptions}")
             indexes.append(descriptions.index(band.upper()) + 1)
+        elif not isinstance(band, numbers.Integral) or isinstance(band, bool):
+            raise ValueError(f"{path}: bands are named or numbered from 1, got {band!r}")
         elif not 1 <= band <= count:
             raise ValueError(f"{path}: band {band} does not exist; it has bands 1..{count}")
         else:
@@ -89,7 +137,7 @@ def _band_indexes(path, bands, descriptions, count) -> list[int]:
 def _from_pil(image: Image.Image, where: str, unit: str) -> Image.Image:
     """8-bit PIL modes are quicklooks (palette, CMYK, ... converted to RGB); 16-bit and float ones hold radar values."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        return Image.fromarray(sar_to_uint8(np.asarray(image, dtype=np.float64)[None], unit=unit))
+        return Image.fromarray(_where(where, sar_to_uint8, np.asarray(image, dtype=np.float64)[None], unit=unit))
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")
     return _quicklook(np.asarray(image), where)
@@ -121,6 +169,8 @@ def sar_to_uint8(data: np.ndarray, *, unit: str = "auto", polarizations=None, no
     invalid = ~np.isfinite(data) if not np.iscomplexobj(data) else ~np.isfinite(data.real) | ~np.isfinite(data.imag)
     if nodata is not None and not np.isnan(nodata):
         invalid |= data == nodata
+    if invalid.all():
+        raise ValueError("no valid pixel: every value is NaN, infinite or nodata")
     if unit == "auto":
         # dB data is mostly negative (sigma0 < 1); linear data may hold a few negative pixels after noise removal.
         unit = "complex" if np.iscomplexobj(data) else "db" if np.median(data[~invalid]) < 0 else "intensity"
@@ -133,6 +183,8 @@ def sar_to_uint8(data: np.ndarray, *, unit: str = "auto", polarizations=None, no
     db = _to_db(np.where(invalid, np.nan, data), unit)
     channels = _polarisation_channels(db, names)
     valid = np.isfinite(channels)
+    if not valid.any():
+        raise ValueError(f"no valid pixel: every value is zero or negative in {unit} units")
     out = np.zeros(channels.shape[1:] + (3,), dtype=np.uint8)
     for c in range(3):
         values = channels[c][valid[c]]

@@ -15,6 +15,7 @@ from dataset_scripts.tasks import parse_detection_answer
 
 MAX_UPLOAD_BYTES = 50 * 2**20
 MAX_PIXELS = 8192 * 8192  # decompression bombs stop here
+MAX_IMAGE_BYTES = 2**30  # working memory of one image's conversion, from its header: a few at once fit a Space
 DEFAULT_CHECKPOINT = "outputs/main/fusar-tiny"
 TASKS = {
     "Describe the scene": "Describe this SAR image.",
@@ -51,36 +52,15 @@ def checked_file(path) -> Path:
 
 
 def read_image(path):
-    """The model's 8-bit image and, for a georeferenced GeoTIFF, its footprint and year. Sizes are checked from the
-    file's header before any pixel is decoded."""
+    """The model's 8-bit image and, for a georeferenced GeoTIFF, its footprint and year. The memory its conversion
+    needs is checked from the file's header, before any pixel is decoded."""
     from dataset_scripts.sar_reader import read_sar_scene
 
     path = checked_file(path)
-    width, height, bands = image_size(path)
-    if width * height > MAX_PIXELS or width * height * bands > 4 * MAX_PIXELS:
-        raise UserError(f"{path.name} has {width} x {height} pixels in {bands} bands; the limit is {MAX_PIXELS} "
-                        "pixels (and four bands of them).")
     try:
-        return read_sar_scene(path)
-    except (ValueError, Image.DecompressionBombError) as error:
-        raise UserError(f"{path.name}: {error}".replace(str(path), path.name)) from error
-
-
-def image_size(path: Path) -> tuple[int, int, int]:
-    """(width, height, bands) from the header."""
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import rasterio
-
-        try:
-            with rasterio.open(path) as dataset:
-                return dataset.width, dataset.height, dataset.count
-        except rasterio.errors.RasterioError as error:
-            raise UserError(f"{path.name} is not a readable GeoTIFF.") from error
-    try:
-        with Image.open(path) as image:  # lazy: reads the header only
-            return (*image.size, len(image.getbands()))
-    except (OSError, Image.DecompressionBombError) as error:
-        raise UserError(f"{path.name}: not a readable image file.") from error
+        return read_sar_scene(path, max_bytes=MAX_IMAGE_BYTES)
+    except ValueError as error:
+        raise UserError(str(error).replace(str(path), path.name)) from error
 
 
 def read_anchors(scene, npz=None, tiles=None):

@@ -118,10 +118,10 @@ def test_two_folders_of_the_same_name_never_share_cached_rows(tmp_path):
     assert len(evaluate_bench.load_rows(str(large), "train", None, None)) == sizes[1]
 
 
-def test_manifest_errors_name_the_line(tmp_path):
+def test_a_malformed_manifest_row_is_reported_by_line_and_skipped(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"id": 1, "image": "x.png"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:1: not an authors' manifest row"):
-        from_manifest(tmp_path / "bad.jsonl")
+    [scene] = from_manifest(tmp_path / "bad.jsonl")
+    assert scene.image.endswith("bad.jsonl:1") and "not an authors' manifest row" in scene.problem
 
 
 def test_simulated_default_is_deterministic_valid_and_needs_the_anchors(tmp_path):
@@ -190,7 +190,7 @@ def test_a_corrupt_input_is_reported_counted_and_skipped(tmp_path):
 def test_an_existing_dataset_is_not_overwritten_silently(tmp_path):
     scenes = from_jsonl(write_scenes(tmp_path, 2))
     build(scenes, tmp_path / "out")
-    with pytest.raises(ValueError, match="exists; choose another --output or pass --overwrite"):
+    with pytest.raises(ValueError, match="exists and is not empty; choose another output folder or pass --overwrite"):
         build(scenes, tmp_path / "out")
     assert main(["build", "--jsonl", str(tmp_path / "scenes.jsonl"), "--output", str(tmp_path / "out")]) == 2
 

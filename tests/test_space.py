@@ -63,7 +63,7 @@ def test_boxes_are_drawn_from_a_detection_answer():
 
 @pytest.mark.parametrize("content, name, message", [
     (b"not an image at all", "scene.png", "scene.png: not a readable image file"),
-    (b"II*\x00garbage", "scene.tif", "scene.tif is not a readable GeoTIFF"),
+    (b"II*\x00garbage", "scene.tif", "scene.tif: not a readable GeoTIFF"),
 ])
 def test_bad_files_give_a_message_not_a_trace(checkpoint, tmp_path, content, name, message):
     (tmp_path / name).write_bytes(content)
@@ -81,7 +81,20 @@ def test_limits_and_missing_inputs(checkpoint, tmp_path, monkeypatch):
     bomb = tmp_path / "bomb.png"
     Image.new("L", (9000, 9000)).save(bomb, optimize=True)  # 81 megapixels in a small file
     monkeypatch.setattr(fusar_demo, "MAX_UPLOAD_BYTES", 50 * 2**20)
-    assert "pixels" in fusar_demo.run(checkpoint[0], str(bomb), None, "", "Count ships", "")[3]
+    monkeypatch.setattr(fusar_demo, "MAX_IMAGE_BYTES", 100 * 2**20)
+    assert "bomb.png: 9000 x 9000 pixels would need about" in fusar_demo.run(checkpoint[0], str(bomb), None, "", "", "")[3]
+
+
+def test_a_small_file_that_would_need_gigabytes_is_refused_from_its_header(checkpoint, tmp_path):
+    import rasterio
+
+    sparse = tmp_path / "quad.tif"  # 4096 x 4096, 4 complex bands, no block written: a tiny file
+    with rasterio.open(sparse, "w", driver="GTiff", width=4096, height=4096, count=4, dtype="complex64",
+                       tiled=True, sparse_ok=True, compress="deflate"):
+        pass
+    assert sparse.stat().st_size < 2**20
+    message = fusar_demo.run(checkpoint[0], str(sparse), None, "", "Count ships", "")[3]
+    assert "quad.tif: 4096 x 4096 pixels would need about 3.06 GiB" in message and "limit of 1.00 GiB" in message
 
 
 def test_the_token_never_reaches_the_page(checkpoint, tmp_path, monkeypatch, capsys):
@@ -158,7 +171,7 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
         assert torch.equal(local(**inputs).logits, remote(**inputs).logits)
     files = set(HfApi().list_repo_files("user/fusar-gpt-demo", repo_type="space"))
     assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py", "evaluate_bench.py",
-            "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
+            "command_line.py", "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
 
 
 def test_tiles_only_from_the_allowed_root_and_no_paths_in_messages(checkpoint, tmp_path, monkeypatch):

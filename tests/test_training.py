@@ -88,7 +88,8 @@ def test_both_stages_save_a_checkpoint_with_its_card(simulated, tmp_path):
     card = (output / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
-    assert metadata["datasets"] == [str(simulated)] and "fusar-gpt" in metadata["tags"]
+    assert "datasets" not in metadata and "fusar-gpt" in metadata["tags"]  # a local folder is no Hub id
+    assert f"Data: `{simulated.name}`" in card and str(simulated.parent) not in card
     assert "Stage 1 (knowledge injection" in card and "Stage 2 (task execution)" in card
     run = json.loads((output / "fusar_run.json").read_text())
     assert {entry["stage"] for entry in run["history"]} == {1, 2} and (output / "loss_curve.png").stat().st_size > 1000
@@ -178,9 +179,10 @@ def test_two_ddp_processes_end_with_identical_parameters(simulated, tmp_path):
     assert first["anchor_module.film.2.weight"].abs().sum() > 0  # it trained: that layer starts at zero
 
 
-def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, monkeypatch):
-    """Killed in stage 2 after its second checkpoint; `--resume_from_checkpoint true` skips the finished stage 1,
-    resumes stage 2 from its checkpoint and ends where an uninterrupted run ends (to float tolerance)."""
+def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, monkeypatch, capsys):
+    """Killed in stage 2 after its second checkpoint, the second cut short by a full disk; `--resume_from_checkpoint
+    true` skips the finished stage 1, resumes stage 2 from its first checkpoint and ends where an uninterrupted run
+    ends (to float tolerance)."""
     options = ["--dataset_name", str(simulated), *FAST, "--save_strategy", "steps", "--save_steps", "1",
                "--stage2_epochs", "2"]
     whole = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "whole")))
@@ -197,12 +199,14 @@ def test_a_run_killed_midway_resumes_to_the_same_result(simulated, tmp_path, mon
     monkeypatch.setattr(train_sft, "FusarSFTTrainer", DiesInStage2)
     with pytest.raises(Killed):
         train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "resumed")))
+    weights = tmp_path / "resumed" / "stage2" / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
     monkeypatch.setattr(train_sft, "FusarSFTTrainer", train_sft.FusarSFTTrainer.__mro__[1])
     stages = []
     real = train_sft.run_stage
     monkeypatch.setattr(train_sft, "run_stage", lambda stage, *rest: stages.append(stage) or real(stage, *rest))
     resumed = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "resumed"), "--resume_from_checkpoint", "true"))
-    assert stages == [2]
+    assert stages == [2] and "skipping" in capsys.readouterr().err
     history = json.loads((resumed / "fusar_run.json").read_text())["history"]
     assert {entry["stage"] for entry in history} == {1, 2}  # stage 1's losses survive the stop
     expected = AutoModelForImageTextToText.from_pretrained(whole).state_dict()

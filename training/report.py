@@ -39,6 +39,12 @@ def write_loss_curve(history: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+def public_name(source: str) -> str:
+    """A model or dataset as a card that may be published names it: a Hub id as it is, a local folder by its name
+    only (a path on this machine means nothing elsewhere, and tells what it should not)."""
+    return Path(source).name if Path(source).exists() else source
+
+
 def write_model_card(output: Path, args, training_args, model_args, history: list[dict], results: dict | None = None):
     """README.md with the Hub's metadata (library, pipeline, base model, datasets, tags, licence), the recipe and,
     when given, evaluation results (`{column: {task: accuracy}}`)."""
@@ -47,9 +53,10 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "pipeline_tag": "image-text-to-text",
         "license": "apache-2.0",
         "tags": ["fusar-gpt", "sar", "synthetic-aperture-radar", "remote-sensing", "alphaearth", "trl", "sft"],
-        "datasets": [args.dataset_name],
     }
-    if args.model != "tiny":
+    if not Path(args.dataset_name).exists():  # Hub ids only: the Hub links these
+        metadata["datasets"] = [args.dataset_name]
+    if args.model != "tiny" and not Path(args.model).exists():
         metadata["base_model"] = args.model
     stages = "both" if args.stage == "both" else f"stage {args.stage} only"
     lora = (f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on every linear layer of the language model"
@@ -61,8 +68,8 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "Modulation). Load it with `AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)`, or with "
         "the `fusar-gpt` package imported.", "",
         "## Recipe", "",
-        f"- Base: `{args.model}`{' (a tiny random Qwen2.5-VL-shaped model built offline)' if args.model == 'tiny' else ''}",
-        f"- Data: `{args.dataset_name}`; anchors {'used' if args.use_anchors else 'NOT used (ablation)'}",
+        f"- Base: `{public_name(args.model)}`{' (a tiny random Qwen2.5-VL-shaped model built offline)' if args.model == 'tiny' else ''}",
+        f"- Data: `{public_name(args.dataset_name)}`; anchors {'used' if args.use_anchors else 'NOT used (ablation)'}",
         f"- Stages run: {stages}",
         f"- Stage 1 (knowledge injection, captions): {args.stage1_epochs} epochs, lr {args.stage1_learning_rate}, trains "
         f"the anchor module{' and ' + lora if args.stage1_train_language_model else ''}",

@@ -1,5 +1,6 @@
 """Counting: exact-integer accuracy and mean absolute error. The first integer in an answer is its count; an answer
-without one is unparsable: wrong for accuracy, left out of the error, and counted."""
+without one, or whose first integer has more than 15 digits (no count; it would overflow the error), is unparsable:
+wrong for accuracy, left out of the error, and counted."""
 
 import re
 
@@ -7,6 +8,7 @@ import datasets
 import evaluate
 
 INTEGER = re.compile(r"-?\d+")
+MAX_DIGITS = 15
 
 
 class SarCounting(evaluate.Metric):
@@ -19,7 +21,7 @@ class SarCounting(evaluate.Metric):
         hits, errors, unparsable = 0, [], 0
         for prediction, reference in zip(predictions, references):
             found, target = INTEGER.search(prediction or ""), int(INTEGER.search(reference).group())
-            if found is None:
+            if found is None or len(found.group().lstrip("-")) > MAX_DIGITS:
                 unparsable += 1
                 continue
             hits += int(found.group()) == target
