@@ -208,7 +208,10 @@ def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
 
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
-    prepare_output_dir(args, training_args)
+    from accelerate import PartialState
+
+    with PartialState().main_process_first():  # one process checks and clears the folder; the others then agree
+        prepare_output_dir(args, training_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset, model_args)
