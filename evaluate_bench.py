@@ -18,6 +18,7 @@ import io
 import json
 import random
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -31,7 +32,7 @@ ANCHOR_DIM = 64
 METRICS_DIR = Path(__file__).with_name("metrics")
 TASK_METRICS = {"counting": "sar_counting", "localization": "sar_grid", "classification": "sar_classification",
                 "detection": "sar_detection", "caption": "sar_caption", "vqa": "sar_exact_match",
-                "landcover": "sar_exact_match"}
+                "landcover": "sar_classification"}
 
 
 def normalise(text: str) -> str:
@@ -171,25 +172,42 @@ def weights_identity(source, model) -> str:
     return f"{source}@{getattr(model.config, '_commit_hash', None)}"
 
 
-def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int | None) -> list[dict]:
-    """Rows of a triplet dataset split (folder or Hub id), or of the authors' manifest (built in memory)."""
+def sample(count: int, limit: int | None, seed: int) -> list[int]:
+    """`limit` of `count` row indexes drawn with `seed`, in order (all of them without a limit): the first N rows of
+    a dataset are often one task or one class."""
+    if not limit or limit >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), limit))
+
+
+def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int | None, seed: int = 0) -> list[dict]:
+    """Rows of a triplet dataset split (folder or Hub id), or of the authors' manifest (built in memory; rows that
+    cannot be used are reported and skipped); `limit` rows sampled with `seed`."""
     if manifest:
-        from dataset_scripts.builder import BuildConfig, scene_rows
+        from dataset_scripts.builder import BuildConfig, usable_rows
         from dataset_scripts.inputs import from_manifest
 
-        rows = [row for scene in from_manifest(manifest) for row in scene_rows(scene, BuildConfig())]
+        rows, skipped = usable_rows(from_manifest(manifest), BuildConfig())
+        if skipped:
+            print(f"skipped {len(skipped)} scenes of {manifest} that could not be used; first: "
+                  f"{skipped[0]['image']}: {skipped[0]['error']}", file=sys.stderr)
+        rows = [rows[i] for i in sample(len(rows), limit, seed)]
         for row in rows:
             row["image"] = Image.open(io.BytesIO(row["image"]["bytes"]))
-    else:
-        from dataset_scripts.loading import load_triplet_dataset
+        return rows
+    from dataset_scripts.loading import load_triplet_dataset
 
-        rows = list(load_triplet_dataset(dataset, split=split))
-    return rows[:limit] if limit else rows
+    splits = load_triplet_dataset(dataset)
+    if split not in splits:
+        raise ValueError(f"{dataset} has no {split!r} split; it has {', '.join(splits)} (choose one with --split)")
+    part = splits[split]
+    return list(part.select(sample(len(part), limit, seed)))
 
 
 def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, output="outputs/eval", base=None,
                         stage1=None, batch_size: int = 8, max_new_tokens: int = 128, limit=None,
-                        variants=("anchors", "no anchors", "shuffled anchors"), update_card: bool = True) -> dict:
+                        variants=("anchors", "no anchors", "shuffled anchors"), update_card: bool = False,
+                        seed: int = 0) -> dict:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import modeling_fusar  # noqa: F401
@@ -199,7 +217,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     for flag, folder in (("checkpoint", checkpoint), ("--stage1", stage1)):
         if folder is not None and not Path(folder).is_dir():
             raise ValueError(f"{flag} {folder}: no such checkpoint folder")
-    rows = load_rows(dataset, split, manifest, limit)
+    rows = load_rows(dataset, split, manifest, limit, seed)
     if not rows:
         raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
     processor = loaded(AutoProcessor.from_pretrained, checkpoint)
@@ -255,11 +273,14 @@ def main(argv=None):
     parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
-    parser.add_argument("--limit", type=positive_int, help="evaluate the first N rows only")
-    parser.add_argument("--no-card", action="store_true", help="leave the checkpoint's model card as it is")
+    parser.add_argument("--limit", type=positive_int, help="evaluate N rows drawn at random (with --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw")
+    parser.add_argument("--card", action="store_true", help="write the results into the checkpoint's model card "
+                                                            "(model-index); evaluate the whole held-out split for that")
     args = parser.parse_args(argv)
     evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
-                        args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=not args.no_card)
+                        args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=args.card,
+                        seed=args.seed)
 
 
 if __name__ == "__main__":

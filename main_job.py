@@ -89,7 +89,7 @@ def run(argv=None) -> dict[str, dict[str, float]]:
           f"on the anchor-dependent questions: {'yes' if anchors_help else 'NO'}")
     print("\nevaluate_bench on the checkpoint (task metrics; ablations of the same checkpoint):")
     evaluate_checkpoint(checkpoint, dataset=str(data), split="test", output=output / "eval",
-                        stage1=str(checkpoint / "stage1-model"))
+                        stage1=str(checkpoint / "stage1-model"), update_card=True)
     print(f"checkpoint: {checkpoint} (loss curve, model card inside); reports: {output / 'results.md'}, "
           f"{output / 'eval'}; "
           f"{time.perf_counter() - start:.0f} s in all")

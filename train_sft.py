@@ -33,7 +33,6 @@ from modeling_fusar import FusarForConditionalGeneration
 from output_folders import RUN_FILES, check_replaceable
 from processing import FusarProcessor
 from processing.anchors import collate_anchor_sets
-from processing.base import load_base_processor
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
 from training.report import write_model_card, write_loss_curve
 
@@ -117,8 +116,8 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
     if config.model_type == "fusar_gpt":
         model, processor = AutoModelForImageTextToText.from_pretrained(args.model, **options), AutoProcessor.from_pretrained(args.model)
     else:
-        base = load_base_processor(args.model) if Path(args.model).is_dir() else AutoProcessor.from_pretrained(args.model)
-        model, processor = FusarForConditionalGeneration.from_base(args.model, **options), FusarProcessor.from_base(base)
+        # Any layout of a base: a saved processor, or a Hub snapshot (preprocessor_config.json, chat_template.json, ...).
+        model, processor = FusarForConditionalGeneration.from_base(args.model, **options), FusarProcessor.from_base(args.model)
     if not GENERATION_MARKER.search(processor.chat_template or ""):  # assistant-only loss needs these markers
         processor.chat_template = training_chat_template(model.config.base_config.model_type)
     return model, processor

@@ -44,6 +44,7 @@ class BuildConfig:
     grid_size: int = 8  # anchors per side of the scene
     years_before: int = 0  # also anchor this many years before the acquisition year
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    split: str = "hashed"  # every row into one split ("train", "validation", "test"), or hashed by scene
     shard_size: int = 64  # scenes per work shard
     rows_per_file: int = 5000  # rows per output parquet file
     name: str = "fusar-sar-triplets"
@@ -59,6 +60,8 @@ class BuildConfig:
         unknown = set(self.tasks) - set(TASKS)
         if unknown:
             raise ValueError(f"BuildConfig.tasks: unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
+        if self.split not in ("hashed", *SPLITS):
+            raise ValueError(f"BuildConfig.split must be 'hashed' or one of {SPLITS}, got {self.split!r}")
         fractions = self.split_fractions
         if len(fractions) != 3 or min(fractions) < 0 or not math.isclose(sum(fractions), 1):
             raise ValueError(f"BuildConfig.split_fractions must be three non-negative shares summing to 1, got {fractions}")
@@ -117,18 +120,25 @@ def scene_anchors(scene: SceneInput, sar, config: BuildConfig, alphaearth) -> An
     return sample_anchors(alphaearth, sar.footprint, years, grid_size=config.grid_size)
 
 
-def _build_shard(args) -> dict:
-    """Rows of one shard to `<work>/shard-<n>.parquet`, and what it met to `<work>/shard-<n>.json`."""
-    number, scenes, config, alphaearth, work = args
+def usable_rows(scenes: list[SceneInput], config: BuildConfig, alphaearth=None) -> tuple[list[dict], list[dict]]:
+    """The rows of `scenes`, and `{scene_id, image, error}` for each scene that cannot be used: one bad input
+    (unreadable, malformed, too large) never stops the batch."""
     rows, errors = [], []
     for scene in scenes:
         try:
             rows.extend(scene_rows(scene, config, alphaearth))
-        except Exception as error:  # one bad input (unreadable, malformed, too large) never stops the batch
+        except Exception as error:
             kind = "" if isinstance(error, (ValueError, OSError)) else f"{type(error).__name__}: "
             local = str(Path(scene.image).parent) + os.sep  # the card may be published: no local folders in it
             errors.append({"scene_id": scene.scene_id, "image": Path(scene.image).name,
                            "error": kind + str(error).replace(local, "")})
+    return rows, errors
+
+
+def _build_shard(args) -> dict:
+    """Rows of one shard to `<work>/shard-<n>.parquet`, and what it met to `<work>/shard-<n>.json`."""
+    number, scenes, config, alphaearth, work = args
+    rows, errors = usable_rows(scenes, config, alphaearth)
     target = work / f"shard-{number:05d}.parquet"
     temporary = work / f".shard-{number:05d}.parquet.tmp"
     columns = {name: [row[name] for row in rows] for name in FEATURES}  # (from_list cannot type an empty shard)
@@ -192,21 +202,27 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
         shutil.rmtree(work)  # nothing worth resuming: a corrected rerun starts afresh
         raise ValueError(f"no rows: none of the {len(scenes)} scenes could be used ({len(errors)} could not be read; "
                          f"first: {'; '.join(errors[:3]) or 'none gave a row for the chosen tasks'})")
-    assemble(work, len(shards), config, metas)
+    sizes = assemble(work, len(shards), config, metas)
     replace_folder(work / "dataset", output)
+    how = "by a hash of the scene id" if config.split == "hashed" else "as asked (--split)"
+    print(f"rows per split ({how}): " + ", ".join(f"{name} {count}" for name, count in sizes.items()))
     shutil.rmtree(work)
     return output
 
 
-def assemble(work: Path, shard_count: int, config: BuildConfig, metas: list[dict]) -> None:
-    """The shards as train / validation / test parquet files plus the dataset card, in `<work>/dataset`."""
+def assemble(work: Path, shard_count: int, config: BuildConfig, metas: list[dict]) -> dict[str, int]:
+    """The shards as train / validation / test parquet files plus the dataset card, in `<work>/dataset`; returns the
+    rows per split."""
     target = work / "dataset"
     if target.exists():
         shutil.rmtree(target)
     files = [str(work / f"shard-{n:05d}.parquet") for n in range(shard_count)]
     rows = datasets.Dataset.from_parquet(files, features=FEATURES, cache_dir=str(work / "cache"))
-    splits = rows.map(lambda batch: {"split": [split_of(s, config.split_fractions) for s in batch["scene_id"]]},
-                      batched=True, desc="splitting by scene")
+    def split(scene_id: str) -> str:
+        return split_of(scene_id, config.split_fractions) if config.split == "hashed" else config.split
+
+    splits = rows.map(lambda batch: {"split": [split(s) for s in batch["scene_id"]]}, batched=True,
+                      desc="splitting by scene")
     parts = {}
     for split in SPLITS:
         part = splits.filter(lambda batch: [s == split for s in batch["split"]], batched=True,
@@ -220,3 +236,4 @@ def assemble(work: Path, shard_count: int, config: BuildConfig, metas: list[dict
             part.shard(files, index, contiguous=True).to_parquet(str(path))
         parts[split] = part
     write_card(target / "README.md", parts, config, metas)
+    return {name: len(part) for name, part in parts.items()}

@@ -20,12 +20,19 @@ def anchor_coverage(part) -> float:
     return float(pc.mean(flat).as_py() or 0.0) if len(flat) else 0.0
 
 
+# The Hub's task categories each of our tasks belongs to (besides image-text-to-text, which all do).
+HUB_CATEGORIES = {"caption": "image-to-text", "detection": "object-detection", "counting": "visual-question-answering",
+                  "localization": "visual-question-answering", "classification": "visual-question-answering",
+                  "vqa": "visual-question-answering", "landcover": "visual-question-answering"}
+
+
 def write_card(path: Path, parts: dict, config, metas: list[dict]) -> None:
     errors = [e for meta in metas for e in meta["errors"]]
+    present = {task for part in parts.values() for task in set(part["task"])}
     metadata = {
         "pretty_name": config.name,
         "license": config.license,
-        "task_categories": ["image-text-to-text", "visual-question-answering", "object-detection"],
+        "task_categories": ["image-text-to-text", *sorted({HUB_CATEGORIES[t] for t in present if t in HUB_CATEGORIES})],
         "tags": ["sar", "synthetic-aperture-radar", "remote-sensing", "alphaearth", "earth-observation", "fusar-gpt"],
         "configs": [{"config_name": "default",
                      "data_files": [{"split": s, "path": f"data/{s}-*.parquet"} for s in parts]}],
@@ -46,7 +53,8 @@ def write_card(path: Path, parts: dict, config, metas: list[dict]) -> None:
         lines.append(f"- ... and {len(errors) - 20} more")
     lines += ["", f"## Schema (version {SCHEMA_VERSION})", "", "| field | meaning |", "|---|---|"]
     lines += [f"| `{name}` | {doc} |" for name, doc in FIELD_DOCS.items()]
-    lines += ["", "Splits are drawn by a hash of `scene_id`: no scene is in two splits.", "",
+    lines += ["", "Splits are drawn by a hash of `scene_id`: no scene is in two splits." if config.split == "hashed" else
+              f"Every row is in the `{config.split}` split, as the builder asked.", "",
               "## Tasks", "", f"Grid localisation: {GRID_RULE}", "",
               "Detection answers are JSON lists `[{\"bbox_2d\": [x1, y1, x2, y2], \"label\": ...}]` in pixels of the "
               "stored image, clipped to it.", "",

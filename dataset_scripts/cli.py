@@ -8,7 +8,7 @@ from pathlib import Path
 
 from command_line import command, non_negative_int, positive_int
 
-from .schema import TASKS
+from .schema import SPLITS, TASKS
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
@@ -17,6 +17,11 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown tasks {sorted(unknown)}; choose from {', '.join(TASKS)}")
     return tasks
+
+
+def add_split_option(parser):
+    parser.add_argument("--split", choices=["hashed", *SPLITS], default="hashed",
+                        help="the split every row goes to, or 'hashed': 80/10/10 by a hash of the scene id (default)")
 
 
 def add_output_options(parser):
@@ -48,6 +53,7 @@ def main(argv=None) -> int:
     build.add_argument("--name", default="fusar-sar-triplets", help="dataset name in the card")
     build.add_argument("--license", default="other", help="licence of the dataset (Hub identifier)")
     build.add_argument("--shard-size", type=positive_int, default=64, help="scenes per resumable work shard")
+    add_split_option(build)
     add_output_options(build)
 
     simulate = commands.add_parser("simulate", help="build the deterministic simulated dataset (the embedded default)")
@@ -61,6 +67,7 @@ def main(argv=None) -> int:
     manifest.add_argument("--task", choices=TASKS, help="task of every row (default: from the shape of each answer)")
     manifest.add_argument("--source", default="FUSAR-GPT authors' release", help="provenance and licence")
     manifest.add_argument("--root", help="folder the manifest's paths must lie under (default: the manifest's folder)")
+    add_split_option(manifest)
     add_output_options(manifest)
 
     check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
@@ -97,8 +104,8 @@ def run(args) -> Path:
         from .inputs import from_manifest
 
         scenes = from_manifest(args.manifest, task=args.task, source=args.source, root=args.root)
-        return build(scenes, args.output, BuildConfig(name=Path(args.manifest).stem), num_proc=args.num_proc,
-                     overwrite=args.overwrite)
+        return build(scenes, args.output, BuildConfig(name=Path(args.manifest).stem, split=args.split),
+                     num_proc=args.num_proc, overwrite=args.overwrite)
     from .alphaearth import AlphaEarthGeoTIFF, AlphaEarthTiles
     from .inputs import from_coco, from_jsonl, from_voc
 
@@ -117,7 +124,7 @@ def run(args) -> Path:
             raise ValueError("--alphaearth-geotiff needs --alphaearth-year")
         alphaearth = AlphaEarthGeoTIFF(args.alphaearth_geotiff, args.alphaearth_year)
     config = BuildConfig(tasks=args.tasks, grid_size=args.grid_size, years_before=args.years_before,
-                         shard_size=args.shard_size, name=args.name, license=args.license)
+                         shard_size=args.shard_size, name=args.name, license=args.license, split=args.split)
     return build(scenes, args.output, config, alphaearth, num_proc=args.num_proc, overwrite=args.overwrite)
 
 

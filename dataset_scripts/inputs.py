@@ -95,9 +95,11 @@ def from_jsonl(path, *, source: str = "", sensor: str = "") -> list[SceneInput]:
 
 
 def manifest_task(answer: str, question: str = "") -> str:
-    """The task of an authors' manifest row, from the shape of its answer (`None` / `null`, their "no targets", only
-    for a question that asks to detect)."""
+    """The task of an authors' manifest row: land cover when the question asks about land cover or land use, else
+    from the shape of its answer (`None` / `null`, their "no targets", only for a question that asks to detect)."""
     text = answer.strip()
+    if re.search(r"land[\s-]?(cover|use)", question, re.IGNORECASE):
+        return "landcover"
     if text.lower() in ("none", "null") and not re.search(r"detect|bbox|bounding box", question, re.IGNORECASE):
         return "vqa"
     if text.isdigit():

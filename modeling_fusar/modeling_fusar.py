@@ -79,6 +79,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             raise TypeError(f"unknown FUSAR-GPT options {sorted(anchor_options)}; FusarConfig fields are expected")
         if isinstance(base, PreTrainedConfig):
             base = AutoModelForImageTextToText.from_config(base)
+        if isinstance(base, cls) or isinstance(getattr(base, "config", None), FusarConfig):
+            raise ValueError("from_base was given a FUSAR-GPT model, which has its anchor module already: load a "
+                             "checkpoint with AutoModelForImageTextToText.from_pretrained, and give from_base the base")
         # Built on a copy: building a config resets its sub-configs' attention implementation, which must not reach
         # `base`. (`__init__` then shares base.config itself.)
         model = cls(FusarConfig(base_config=copy.deepcopy(base.config), **config_fields), vlm=base)

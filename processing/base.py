@@ -31,10 +31,35 @@ def image_only(processor_class: type[ProcessorMixin]) -> type[ProcessorMixin]:
     return ImageOnlyProcessor
 
 
-def load_base_processor(path) -> ProcessorMixin:
-    """A base model's processor from a local folder, built without a video slot (see `image_only`)."""
-    config_file = Path(path) / "processor_config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{path}: no processor_config.json; save the base model's processor there first")
-    class_name = json.loads(config_file.read_text())["processor_class"]
-    return image_only(getattr(transformers, class_name)).from_pretrained(path)
+def load_base_processor(name_or_path, **hub_options) -> ProcessorMixin:
+    """A base model's processor from a local folder or a Hub id, built without a video slot (see `image_only`).
+
+    Any layout transformers writes or the Hub holds: the class is named by `processor_config.json`, else by the
+    image processor's `preprocessor_config.json` (a Qwen2.5-VL snapshot as published: its processor is spread over
+    preprocessor_config.json, chat_template.json and the tokenizer files), else found from `config.json`'s model type.
+    `hub_options` (revision, token, cache_dir, ...) go to the Hub."""
+    class_name = processor_class_name(str(name_or_path), **hub_options)
+    if class_name == "FusarProcessor":
+        raise ValueError(f"{name_or_path} is a FUSAR-GPT checkpoint already: load its processor with "
+                         "AutoProcessor.from_pretrained; from_base takes the base model's")
+    if not hasattr(transformers, class_name):
+        raise ValueError(f"{name_or_path}: processor class {class_name!r} is not in this transformers")
+    return image_only(getattr(transformers, class_name)).from_pretrained(name_or_path, **hub_options)
+
+
+def processor_class_name(name_or_path: str, **hub_options) -> str:
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+    from transformers.utils import cached_file
+
+    def read(filename: str) -> dict:
+        path = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False, **hub_options)
+        return json.loads(Path(path).read_text()) if path else {}
+
+    for filename in ("processor_config.json", "preprocessor_config.json"):
+        if read(filename).get("processor_class"):
+            return read(filename)["processor_class"]
+    model_type = read("config.json").get("model_type")
+    if model_type in PROCESSOR_MAPPING_NAMES:
+        return PROCESSOR_MAPPING_NAMES[model_type]
+    raise ValueError(f"{name_or_path}: cannot tell its processor: no processor_class in processor_config.json or "
+                     f"preprocessor_config.json, and model type {model_type!r} has no processor in transformers")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 
 import numpy as np
 import transformers
@@ -11,7 +12,7 @@ from transformers import ProcessorMixin
 from transformers.feature_extraction_utils import BatchFeature
 
 from .anchors import as_anchor_set, collate_anchor_sets
-from .base import image_only
+from .base import image_only, load_base_processor
 from .sar import load_sar_image
 
 ANCHOR_INPUT_NAMES = ["anchor_values", "anchor_positions", "anchor_mask", "anchor_year_offsets"]
@@ -55,8 +56,12 @@ class FusarProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
     @classmethod
-    def from_base(cls, base_processor: ProcessorMixin, **options) -> "FusarProcessor":
-        """Wrap a base model's processor; `options` are `anchor_dim`, `anchor_grid_size` and `image_size`."""
+    def from_base(cls, base_processor: ProcessorMixin | str | os.PathLike, **options) -> "FusarProcessor":
+        """Wrap a base model's processor, or load it first from a folder or Hub id in any layout (a Hub snapshot of
+        Qwen2.5-VL included; see `processing.base.load_base_processor`); `options` are `anchor_dim`,
+        `anchor_grid_size` and `image_size`."""
+        if isinstance(base_processor, (str, os.PathLike)):
+            base_processor = load_base_processor(base_processor)
         attributes = set(base_processor.get_attributes()) | {"self", "chat_template", "kwargs", "args"}
         own = inspect.signature(type(base_processor).__init__).parameters
         kwargs = {name: getattr(base_processor, name) for name in own if name not in attributes and hasattr(base_processor, name)}

@@ -1,7 +1,10 @@
 """Building, simulating, checking and publishing the triplet dataset."""
 
 import json
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -73,6 +76,30 @@ def test_the_authors_manifest(tmp_path):
     assert all(r["image"].size == (504, 504) for r in rows)  # answers are in the resized image's coordinates
     np.testing.assert_array_equal(np.asarray(rows[0]["anchor_values"], np.float32)[:, 0], features)
     assert check(str(tmp_path / "out")) == []
+
+
+def test_a_manifest_goes_to_the_split_the_user_names_and_says_where_rows_went(tmp_path):
+    """Through the console script: a held-out manifest is all test rows (not hashed 80/10/10), land-cover questions
+    are land cover, and the card names only the Hub task categories present."""
+    rng = np.random.default_rng(0)
+    lines = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / f"chip{i}.png")
+        lines.append({"id": f"q{i}", "image": f"chip{i}.png", "question": "What is the main land cover type?",
+                      "answer": ["forest", "water"][i % 2]})
+    (tmp_path / "held-out.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = subprocess.run([str(Path(sys.executable).with_name("fusar-data")), "import-manifest",
+                             str(tmp_path / "held-out.jsonl"), "--split", "test", "--output", str(tmp_path / "out")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "rows per split (as asked (--split)): test 12" in result.stdout
+    dataset = load_triplet_dataset(str(tmp_path / "out"))
+    assert list(dataset) == ["test"] and set(dataset["test"]["task"]) == {"landcover"}
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "object-detection" not in card and "visual-question-answering" in card
+    assert "Every row is in the `test` split" in card
+    assert main(["import-manifest", str(tmp_path / "held-out.jsonl"), "--output", str(tmp_path / "hashed")]) == 0
+    assert set(load_triplet_dataset(str(tmp_path / "hashed"))) > {"train"}
 
 
 def test_the_authors_manifest_as_they_write_it(tmp_path):

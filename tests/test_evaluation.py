@@ -34,11 +34,25 @@ def test_grid():
     assert result["top1"] == 3 / 5 and result["unparsable"] == 1
 
 
+@pytest.mark.parametrize("written, cell", [
+    ("middle center", "center"), ("Middle-centre", "center"), ("centre", "center"), ("middle", "center"),
+    ("center left", "middle-left"), ("top middle", "top-center"), ("Bottom centre.", "bottom-center"),
+])
+def test_every_way_of_naming_a_cell_is_that_cell(written, cell):
+    result = metric("sar_grid").compute(predictions=[written], references=[cell])
+    assert result["acc@100"] == 1 and result["unparsable"] == 0
+
+
 def test_classification_per_class():
     result = metric("sar_classification").compute(predictions=["Ship.", "aircraft", "the aircraft", ""],
                                                   references=["ship", "ship", "aircraft", "aircraft"])
     assert result["accuracy"] == 0.5 and result["per_class"] == {"ship": 0.5, "aircraft": 0.5}
     assert result["unparsable"] == 1
+    outside = metric("sar_classification").compute(predictions=["ship", "submarine", "forest"],
+                                                   references=["ship", "ship", "aircraft"])
+    assert outside["unparsable"] == 2  # not one of the classes: unparsable, not merely wrong
+    given = metric("sar_classification").compute(predictions=["forest"], references=["ship"], classes=["ship", "forest"])
+    assert given["unparsable"] == 0 and given["accuracy"] == 0
 
 
 def test_detection_matching_and_edge_cases():
@@ -122,7 +136,8 @@ def trained(tmp_path_factory):
 def test_end_to_end_with_resumption(trained, tmp_path, monkeypatch):
     data, checkpoint = trained
     report = evaluate_bench.evaluate_checkpoint(checkpoint, dataset=str(data), split="train", output=tmp_path,
-                                                stage1=str(checkpoint / "stage1-model"), limit=12, max_new_tokens=8)
+                                                stage1=str(checkpoint / "stage1-model"), limit=12, max_new_tokens=8,
+                                                update_card=True)
     assert set(report["metrics"]) == {"anchors", "no anchors", "shuffled anchors", "stage 1 only"}
     assert len(report["predictions"]) == 12 and (tmp_path / "tasks.png").is_file()
     assert "| task (metric) |" in (tmp_path / "results.md").read_text()
@@ -180,3 +195,15 @@ def test_malformed_boxes_are_unparsable_not_a_crash():
         predictions=['[{"bbox_2d": [1, 2, 3], "label": "ship"}]', '[{"bbox_2d": [0, 0, 9, 9], "label": "ship"}] and [x]'],
         references=[json.dumps([box(0, 0, 9, 9)])] * 2)
     assert result["unparsable"] == 1 and result["recall@0.5"] == 0.5
+
+
+def test_limit_draws_rows_with_a_seed_and_a_missing_split_names_the_others(trained):
+    data = str(trained[0])
+    ids = lambda rows: [row["id"] for row in rows]  # noqa: E731
+    drawn = evaluate_bench.load_rows(data, "train", None, 8, seed=0)
+    assert ids(drawn) == ids(evaluate_bench.load_rows(data, "train", None, 8, seed=0))  # repeatable
+    assert ids(drawn) != ids(evaluate_bench.load_rows(data, "train", None, 8, seed=1))
+    assert ids(drawn) != ids(evaluate_bench.load_rows(data, "train", None, None)[:8])  # not simply the first rows
+    assert len({row["task"] for row in drawn}) > 1
+    with pytest.raises(ValueError, match="has no 'holdout' split; it has train, validation, test"):
+        evaluate_bench.load_rows(data, "holdout", None, None)

@@ -304,7 +304,7 @@ def test_a_model_retrained_into_the_same_folder_never_meets_the_old_answers(eval
     folder, data, tokenizers = eval_setup
     checkpoint = folder / "retrained"
     shutil.copytree(folder / "model", checkpoint)
-    options = ["--dataset", data, "--split", "train", "--limit", "6", "--max-new-tokens", "4", "--no-card"]
+    options = ["--dataset", data, "--split", "train", "--limit", "6", "--max-new-tokens", "4"]
     assert in_process(evaluate_bench.main, capsys, checkpoint, *options, "--output", folder / "eval")[0] == 0
     old = predictions(folder / "eval")
     other, _ = build_model(tokenizers, "qwen2_5_vl", seed=5, modulate=True)

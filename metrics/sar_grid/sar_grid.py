@@ -1,6 +1,7 @@
 """3x3 grid localisation. Cells: top-left, top-center, top-right, middle-left, center, middle-right, bottom-left,
-bottom-center, bottom-right (also "top left", "centre", ...). An answer names one or more cells, in order; the
-reference names the target cells.
+bottom-center, bottom-right, written as a row then a column ("top left", "middle center", "centre left", "top middle"
+...: "middle" / "center" / "centre" name the middle row or column) or "center" / "centre" / "middle" alone for the
+middle cell. An answer names one or more cells, in order; the reference names the target cells.
 - Acc@100: the set of predicted cells equals the set of target cells.
 - Acc@50: the Jaccard overlap of the two sets is at least 0.5.
 - Top-1: the first predicted cell is a target cell.
@@ -11,14 +12,17 @@ import re
 import datasets
 import evaluate
 
-ROWS, COLUMNS = ("top", "middle", "bottom"), ("left", "center", "right")
-CELL = re.compile(r"\b(top|middle|bottom)[\s-]+(left|center|centre|right)\b|\b(center|centre)\b")
+CELL = re.compile(r"\b(top|middle|center|centre|bottom)[\s-]+(left|middle|center|centre|right)\b"
+                  r"|\b(center|centre|middle)\b")
+MIDDLE = ("middle", "center", "centre")
 
 
 def cells(text: str) -> list[str]:
     found = []
     for match in CELL.finditer((text or "").lower()):
-        cell = "center" if match.group(3) else f"{match.group(1)}-{match.group(2).replace('centre', 'center')}"
+        row, column = ("middle", "center") if match.group(3) else match.group(1, 2)
+        row, column = "middle" if row in MIDDLE else row, "center" if column in MIDDLE else column
+        cell = "center" if (row, column) == ("middle", "center") else f"{row}-{column}"
         if cell not in found:
             found.append(cell)
     return found
