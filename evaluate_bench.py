@@ -19,6 +19,7 @@ import json
 import random
 import re
 import sys
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -29,7 +30,7 @@ from command_line import command, positive_int
 from processing.anchors import as_anchor_set, collate_anchor_sets
 
 ANCHOR_DIM = 64
-METRICS_DIR = Path(__file__).with_name("metrics")
+METRICS_DIR = Path(str(resources.files("fusar_metrics")))  # metrics/ in a checkout, installed with the package
 TASK_METRICS = {"counting": "sar_counting", "localization": "sar_grid", "classification": "sar_classification",
                 "detection": "sar_detection", "caption": "sar_caption", "vqa": "sar_exact_match",
                 "landcover": "sar_classification"}

@@ -9,6 +9,7 @@ folder is uploaded with its card; the Space gets the packages its app imports be
 from __future__ import annotations
 
 import argparse
+from importlib import resources
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -23,11 +24,12 @@ SKIP = ["stage1/*", "stage2/*", "stage1-model/*", "*.partial/*", "**/__pycache__
 def publish(namespace: str, model=None, dataset=None, space=None, private: bool = False, api: HfApi | None = None) -> dict:
     """Upload what is given; returns {kind: URL}."""
     api = api or HfApi()
-    urls = {}
+    urls, model_repo = {}, None
     if model:
-        repo = api.create_repo(f"{namespace}/{Path(model).name}", private=private, exist_ok=True).repo_id
-        api.upload_folder(folder_path=str(model), repo_id=repo, ignore_patterns=SKIP, commit_message="Upload FUSAR-GPT")
-        urls["model"] = f"{api.endpoint}/{repo}"
+        model_repo = api.create_repo(f"{namespace}/{Path(model).name}", private=private, exist_ok=True).repo_id
+        api.upload_folder(folder_path=str(model), repo_id=model_repo, ignore_patterns=SKIP,
+                          commit_message="Upload FUSAR-GPT")
+        urls["model"] = f"{api.endpoint}/{model_repo}"
     if dataset:
         repo = api.create_repo(f"{namespace}/{Path(dataset).name}", repo_type="dataset", private=private, exist_ok=True).repo_id
         api.upload_folder(folder_path=str(dataset), repo_id=repo, repo_type="dataset", ignore_patterns=SKIP,
@@ -36,8 +38,11 @@ def publish(namespace: str, model=None, dataset=None, space=None, private: bool 
     if space:
         repo = api.create_repo(f"{namespace}/fusar-gpt-demo", repo_type="space", space_sdk="gradio", private=private,
                                exist_ok=True).repo_id
-        api.upload_folder(folder_path=str(space), repo_id=repo, repo_type="space", ignore_patterns=SKIP,
+        api.upload_folder(folder_path=str(space), repo_id=repo, repo_type="space", ignore_patterns=SKIP + ["checkpoint.txt"],
                           commit_message="Upload the FUSAR-GPT demo")
+        if model_repo:  # the Space serves the model uploaded with it
+            api.upload_file(path_or_fileobj=f"{model_repo}\n".encode(), path_in_repo="checkpoint.txt", repo_id=repo,
+                            repo_type="space", commit_message="Serve the published model")
         root = Path(__file__).resolve().parent
         for package in PACKAGES:  # the app imports these; a Space cannot pip install this checkout
             api.upload_folder(folder_path=str(root / package), path_in_repo=package, repo_id=repo, repo_type="space",
@@ -55,7 +60,8 @@ def main(argv=None):
     parser.add_argument("--namespace", required=True, help="Hub user or organisation")
     parser.add_argument("--model", help="checkpoint folder (with its model card)")
     parser.add_argument("--dataset", help="dataset folder built by fusar-data (with its card)")
-    parser.add_argument("--space", help="the Space folder (spaces/)")
+    parser.add_argument("--space", nargs="?", const=str(resources.files("fusar_space")),
+                        help="the Space folder (default: the Space installed with this package)")
     parser.add_argument("--private", action="store_true")
     args = parser.parse_args(argv)
     if not (args.model or args.dataset or args.space):

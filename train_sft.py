@@ -37,7 +37,6 @@ from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpo
 from training.report import write_model_card, write_loss_curve
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
-STAGE_TASKS = {1: ("caption",), 2: tuple(t for t in TASKS if t != "caption")}
 
 
 @dataclass
@@ -50,8 +49,14 @@ class FusarArguments:
     stage1_learning_rate: float = 1e-4
     stage2_epochs: float = 5.0
     stage2_learning_rate: float = 1e-5
+    stage1_tasks: list[str] = field(default_factory=lambda: ["caption"], metadata={
+        "help": "tasks whose rows feed stage 1 (knowledge injection; the paper: captions)"})
+    stage2_tasks: list[str] | None = field(default=None, metadata={
+        "help": "tasks whose rows feed stage 2 (default: every task not in stage 1)"})
     stage1_train_language_model: bool = field(default=True, metadata={"help": "also train the language model in "
                                                                                "stage 1 (the authors' released code)"})
+    stage2_train_anchor_module: bool = field(default=False, metadata={
+        "help": "also train the anchor module in stage 2 (the paper freezes it); for datasets without stage-1 rows"})
     use_anchors: bool = field(default=True, metadata={"help": "False: the same run without anchors (ablation)"})
     merge_lora: bool = field(default=True, metadata={"help": "merge the final LoRA into the weights, else keep it "
                                                               "as an adapter"})
@@ -132,13 +137,42 @@ def training_chat_template(model_type: str) -> str:
     return template.read_text()
 
 
+def stage_tasks(stage: int, args: FusarArguments) -> tuple[str, ...]:
+    tasks = args.stage1_tasks if stage == 1 else args.stage2_tasks or [t for t in TASKS if t not in args.stage1_tasks]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown:
+        raise ValueError(f"--stage{stage}_tasks: unknown tasks {unknown}; choose from {', '.join(TASKS)}")
+    return tuple(tasks)
+
+
+def trains_anchor_module(stage: int, args: FusarArguments) -> bool:
+    return args.use_anchors and (stage == 1 or args.stage2_train_anchor_module)
+
+
+def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments) -> None:
+    """Before any training: every stage has rows, and anchors given to the model can have an effect."""
+    present = set(dataset["train"].unique("task"))
+    for stage in stages:
+        if not present & set(stage_tasks(stage, args)):
+            raise ValueError(
+                f"stage {stage}: the dataset has no {'/'.join(stage_tasks(stage, args))} rows to train on (its tasks: "
+                f"{', '.join(sorted(present))}); choose --stage{stage}_tasks from those"
+                + ("" if stage == 2 else ", or run --stage 2 --stage2_train_anchor_module true"))
+    untrained = not model.anchor_module.film[-1].weight.any()  # a fresh anchor module: every anchor has no effect
+    if args.use_anchors and untrained and not any(trains_anchor_module(stage, args) for stage in stages):
+        raise ValueError("the anchors would do nothing: this run never trains the anchor module (stage 2 freezes it) "
+                         "and the model's is untrained; pass --stage2_train_anchor_module true, run stage 1 too "
+                         "(--stage both with --stage1_tasks your dataset has), or --use_anchors false for a run "
+                         "without anchors")
+
+
 def set_trainable(model, stage: int, args: FusarArguments):
     """Without PEFT, choose the trained parameters here (with PEFT, the LoRA config does)."""
     train_language_model = stage == 2 or args.stage1_train_language_model
     for name, parameter in model.named_parameters():
         in_language_model = ".language_model." in name or name.startswith("vlm.lm_head")
         parameter.requires_grad = (
-            (name.startswith("anchor_module.") and stage == 1 and args.use_anchors)
+            (name.startswith("anchor_module.") and trains_anchor_module(stage, args))
             or (in_language_model and train_language_model)
         )
 
@@ -151,16 +185,15 @@ def peft_config(model, stage: int, args: FusarArguments, model_args: ModelConfig
         return None
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model.lora_target_modules,
-                      modules_to_save=["anchor_module"] if stage == 1 and args.use_anchors else None)
+                      modules_to_save=["anchor_module"] if trains_anchor_module(stage, args) else None)
 
 
 def run_stage(stage: int, model, processor, dataset, args: FusarArguments, training_args: SFTConfig,
               model_args: ModelConfig):
-    train = dataset["train"].filter(lambda task: task in STAGE_TASKS[stage], input_columns="task")
+    tasks = stage_tasks(stage, args)
+    train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
     if args.max_train_examples:
         train = train.select(range(min(args.max_train_examples, len(train))))
-    if len(train) == 0:
-        raise ValueError(f"stage {stage}: the dataset has no {'/'.join(STAGE_TASKS[stage])} rows to train on")
     stage_args = dataclasses.replace(
         training_args, output_dir=str(Path(training_args.output_dir) / f"stage{stage}"),
         num_train_epochs=getattr(args, f"stage{stage}_epochs"), learning_rate=getattr(args, f"stage{stage}_learning_rate"),
@@ -171,7 +204,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         set_trainable(model, stage, args)
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
                          data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
-    if lora is not None and stage == 2:
+    if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
     trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
     model = trainer.model
@@ -214,10 +247,12 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset, model_args)
+    stages = (1, 2) if args.stage == "both" else (int(args.stage),)
+    check_plan(stages, model, dataset, args)
     output = Path(training_args.output_dir)
     history = []
     stage1_result = output / "stage1-model"
-    for stage in (1, 2) if args.stage == "both" else (int(args.stage),):
+    for stage in stages:
         if stage == 1 and args.stage == "both" and wants_resume(training_args.resume_from_checkpoint) \
                 and (stage1_result / "history.json").exists():  # stage 1 finished before the stop
             model = AutoModelForImageTextToText.from_pretrained(

@@ -35,6 +35,7 @@ def markdown_table(results: dict[str, dict[str, dict]], reference: str) -> str:
 
 
 def bar_plot(results: dict, path: Path) -> None:
+    """Bars per task and variant: the 0-1 scores (accuracies, F1) on one axis, unbounded ones (CIDEr) on their own."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -42,14 +43,21 @@ def bar_plot(results: dict, path: Path) -> None:
     import numpy as np
 
     variants, tasks = list(results), sorted({t for v in results.values() for t in v})
-    figure, axes = plt.subplots(figsize=(max(6, 1.3 * len(tasks)), 3.5))
+    groups = [[t for t in tasks if HEADLINE.get(t) != "cider"], [t for t in tasks if HEADLINE.get(t) == "cider"]]
+    groups = [group for group in groups if group]
+    figure, axes_row = plt.subplots(1, len(groups), figsize=(max(6, 1.3 * len(tasks) + 1), 3.5), squeeze=False,
+                                    gridspec_kw={"width_ratios": [len(group) for group in groups]})
     width = 0.8 / len(variants)
-    for number, variant in enumerate(variants):
-        values = [headline(task, results[variant].get(task, {}))[1] for task in tasks]
-        axes.bar(np.arange(len(tasks)) + number * width, values, width, label=variant)
-    axes.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, [f"{t}\n({HEADLINE.get(t, 'accuracy')})" for t in tasks])
-    axes.set_ylabel("score")
-    axes.legend(fontsize=8)
+    for axes, group in zip(axes_row[0], groups):
+        for number, variant in enumerate(variants):
+            values = [headline(task, results[variant].get(task, {}))[1] for task in group]
+            axes.bar(np.arange(len(group)) + number * width, values, width, label=variant)
+        axes.set_xticks(np.arange(len(group)) + 0.4 - width / 2, [f"{t}\n({HEADLINE.get(t, 'accuracy')})" for t in group])
+        unbounded = HEADLINE.get(group[0]) == "cider"
+        axes.set_ylabel("CIDEr" if unbounded else "score (0-1)")
+        if not unbounded:
+            axes.set_ylim(0, 1)
+    axes_row[0][0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -66,7 +74,9 @@ def detection_overlays(rows, predictions, path: Path, count: int = 4) -> None:
     examples = [(r, p) for r, p in zip(rows, predictions) if r["task"] == "detection"][:count]
     if not examples:
         return
-    figure, axes = plt.subplots(1, len(examples), figsize=(3 * len(examples), 3.2), squeeze=False)
+    from matplotlib.lines import Line2D
+
+    figure, axes = plt.subplots(1, len(examples), figsize=(3 * len(examples), 3.6), squeeze=False)
     for axis, (row, prediction) in zip(axes[0], examples):
         axis.imshow(row["image"])
         for text, colour in ((row["messages"][-1]["content"], "lime"), (prediction, "red")):
@@ -75,7 +85,9 @@ def detection_overlays(rows, predictions, path: Path, count: int = 4) -> None:
                 axis.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color=colour, linewidth=1.2))
         axis.set_title(row["id"][-24:], fontsize=7)
         axis.axis("off")
-    figure.tight_layout()
+    figure.legend(handles=[Line2D([], [], color="lime", label="target"), Line2D([], [], color="red", label="prediction")],
+                  loc="lower center", ncol=2, fontsize=8)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(path, dpi=120)
     plt.close(figure)
 

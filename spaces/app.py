@@ -14,13 +14,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the packages, wh
 
 import gradio as gr  # noqa: E402
 
-from fusar_demo import DEFAULT_CHECKPOINT, MAX_UPLOAD_BYTES, TASKS, run  # noqa: E402
+from fusar_demo import DEFAULT_CHECKPOINT, MAX_UPLOAD_BYTES, TASKS, checkpoint_note, run  # noqa: E402
 
 
 def build(checkpoint: str = DEFAULT_CHECKPOINT) -> gr.Blocks:
     with gr.Blocks(title="FUSAR-GPT") as demo:
         gr.Markdown("# FUSAR-GPT\nA SAR vision-language model that reads AlphaEarth embeddings as world knowledge.")
-        gr.Markdown(f"Checkpoint: `{checkpoint}`")
+        note = checkpoint_note(checkpoint)
+        gr.Markdown(f"Checkpoint: `{checkpoint}`" + (f". **{note}**" if note else ""), elem_id="checkpoint")
         model = gr.State(checkpoint)  # chosen by whoever starts the server, not by visitors
         with gr.Row():
             with gr.Column():
@@ -37,6 +38,8 @@ def build(checkpoint: str = DEFAULT_CHECKPOINT) -> gr.Blocks:
                 message = gr.Markdown(elem_id="message")
                 boxes = gr.Image(label="Detections", elem_id="boxes")
                 heat = gr.Image(label="Anchor modulation", elem_id="heat")
+                gr.Markdown("How strongly the AlphaEarth anchors change each visual token (FiLM: x (1 + γ) + β), "
+                            "on a fixed scale: dark = unchanged. Empty without anchors.")
         ask.click(run, [model, image, npz, tiles, task, question], [answer, boxes, heat, message])
     return demo
 

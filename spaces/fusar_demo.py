@@ -4,7 +4,9 @@ boxes, and map where the anchors modulate the image."""
 from __future__ import annotations
 
 import functools
+import io
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from dataset_scripts.tasks import parse_detection_answer
 MAX_UPLOAD_BYTES = 50 * 2**20
 MAX_PIXELS = 8192 * 8192  # decompression bombs stop here
 MAX_IMAGE_BYTES = 2**30  # working memory of one image's conversion, from its header: a few at once fit a Space
-DEFAULT_CHECKPOINT = "outputs/main/fusar-tiny"
+HEAT_SCALE = 1.0  # the heat map's fixed top: mean |gamma| + |beta| of 1 doubles or erases a token's features
 TASKS = {
     "Describe the scene": "Describe this SAR image.",
     "Count ships": "How many ships are in this SAR image? Answer with a number.",
@@ -29,6 +31,33 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 class UserError(ValueError):
     """A problem with what the user gave; shown in the page as it is."""
+
+
+def default_checkpoint() -> str:
+    """The model this Space serves: `FUSAR_CHECKPOINT`, else the Hub id fusar-publish wrote beside this file
+    (`checkpoint.txt`), else the main job's checkpoint in a checkout."""
+    written = Path(__file__).with_name("checkpoint.txt")
+    if os.environ.get("FUSAR_CHECKPOINT"):
+        return os.environ["FUSAR_CHECKPOINT"]
+    return written.read_text().strip() if written.is_file() else "outputs/main/fusar-tiny"
+
+
+DEFAULT_CHECKPOINT = default_checkpoint()
+
+
+def checkpoint_note(checkpoint: str) -> str:
+    """The first limitation in the checkpoint's model card (e.g. that the demo model is tiny and trained on
+    simulated data), or nothing."""
+    try:
+        card = Path(checkpoint) / "README.md"
+        if not card.is_file():
+            from huggingface_hub import hf_hub_download
+
+            card = Path(hf_hub_download(checkpoint, "README.md"))
+        limitations = card.read_text().split("## Limitations", 1)[1]
+        return next(line[2:].strip() for line in limitations.splitlines() if line.startswith("- "))
+    except Exception:  # no card, no section, no network: the page simply says nothing more
+        return ""
 
 
 @functools.lru_cache(maxsize=1)  # one model in memory
@@ -113,16 +142,20 @@ def draw_boxes(image: Image.Image, answer: str) -> Image.Image:
 
 
 @torch.no_grad()
-def modulation_map(model, processor, image: Image.Image, anchors) -> Image.Image:
-    """A heat map over the image of how strongly the anchors modulate each visual token (mean |gamma| + |beta|)."""
+def modulation_map(model, processor, image: Image.Image, anchors) -> Image.Image | None:
+    """A heat map over the image of how strongly the anchors modulate each visual token (mean |gamma| + |beta|, on a
+    fixed scale with its colour bar, so that two images compare); None without anchors."""
     import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     from modeling_fusar.anchor_modulation import check_anchor_inputs
     from modeling_fusar.visual_grids import visual_grids
     from processing.anchors import collate_anchor_sets
 
     if anchors is None or not anchors.mask.any():
-        return image.convert("RGB")
+        return None
     pixels = processor.image_processor(images=[processor.model_image(image)], return_tensors="pt")
     grid = visual_grids(model.config.base_config, **pixels)[0]
     tensors = collate_anchor_sets([anchors])
@@ -132,9 +165,18 @@ def modulation_map(model, processor, image: Image.Image, anchors) -> Image.Image
     weights = model.anchor_module.token_weights(grid, positions, valid)  # [1, S, tokens]
     strength = (weights.transpose(1, 2) @ film.float()).abs().mean(-1)[0]
     field = strength.reshape(grid.token_rows, grid.token_cols).numpy()
-    field = (field - field.min()) / (field.max() - field.min() + 1e-12)
-    heat = Image.fromarray((matplotlib.colormaps["inferno"](field)[..., :3] * 255).astype(np.uint8))
-    return Image.blend(image.convert("RGB"), heat.resize(image.size, Image.Resampling.BILINEAR), 0.5)
+    seen = processor.model_image(image)
+    figure, axes = plt.subplots(figsize=(5, 4.2))
+    axes.imshow(seen)
+    shown = axes.imshow(field, cmap="inferno", alpha=0.55, vmin=0, vmax=HEAT_SCALE, interpolation="bilinear",
+                        extent=(0, seen.width, seen.height, 0))
+    figure.colorbar(shown, ax=axes, extend="max", label="anchor modulation: mean |γ| + |β| per token (0 = unchanged)")
+    axes.axis("off")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return Image.open(buffer).convert("RGB")
 
 
 def run(checkpoint: str, image_file, npz_file, tiles_dir: str, task: str, question: str):
@@ -147,11 +189,14 @@ def run(checkpoint: str, image_file, npz_file, tiles_dir: str, task: str, questi
         anchors = read_anchors(scene, npz_file, tiles_dir.strip() or None if tiles_dir else None)
         text = (question or "").strip() or TASKS.get(task, TASKS["Describe the scene"])
         answer = ask(model, processor, scene.image, anchors, text)
-        note = "no anchors" if anchors is None else f"{int(anchors.mask.any(-1).sum())} anchors"
+        notes = [f"Answered with {int(anchors.mask.any(-1).sum())} anchors." if anchors is not None else
+                 "Answered without anchors: there is no modulation to show (give an anchor file or a tiles folder)."]
+        if re.search(r"detect|bounding box|bbox", text, re.IGNORECASE) and parse_detection_answer(answer) is None:
+            notes.append('The answer holds no boxes in the asked form ([{"bbox_2d": [x1, y1, x2, y2], "label": ...}]), '
+                         "so none are drawn.")
         # Boxes are in the coordinates of the image the model saw (a converted authors' model: their square).
         seen = processor.model_image(scene.image)
-        return answer, draw_boxes(seen, answer), modulation_map(model, processor, scene.image, anchors), \
-            f"Answered with {note}."
+        return answer, draw_boxes(seen, answer), modulation_map(model, processor, scene.image, anchors), " ".join(notes)
     except UserError as error:
         return "", None, None, str(error)
     except Exception as error:  # the page shows the kind of failure only: no trace, path or secret

@@ -74,6 +74,26 @@ def test_stage2_trains_lora_only_with_the_anchor_module_frozen(simulated, tmp_pa
     assert moved and all(".language_model." in n and "proj" in n for n in moved)
 
 
+@pytest.mark.parametrize("peft", [[], ["--use_peft", "true", "--lora_r", "4"]], ids=["full", "lora"])
+def test_stage2_can_train_the_anchor_module_for_a_dataset_without_captions(simulated, tmp_path, peft):
+    before, model = stage_run(simulated, tmp_path, 2, "--stage2_train_anchor_module", "true",
+                              "--stage2_tasks", "landcover", *peft)
+    moved = changed(before, model)
+    assert {n for n in before if n.startswith("anchor_module.film")} <= moved
+    assert all(".language_model." in n or n.startswith(("anchor_module.", "vlm.lm_head")) for n in moved), moved
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--stage", "2"], "the anchors would do nothing: this run never trains the anchor module"),
+    (["--stage1_tasks", "vqa"], "stage 1: the dataset has no vqa rows to train on (its tasks: caption, classification"),
+    (["--stage2_tasks", "telepathy"], "--stage2_tasks: unknown tasks ['telepathy']"),
+])
+def test_a_plan_that_cannot_work_is_refused_before_training(simulated, tmp_path, options, message, capsys):
+    code = train_sft.cli(["--dataset_name", str(simulated), "--output_dir", str(tmp_path / "out"), *FAST, *options])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "stage1").exists() and not (tmp_path / "out" / "stage2").exists()
+
+
 def test_both_stages_save_a_checkpoint_with_its_card(simulated, tmp_path):
     args, training_args, model_args = parse("--dataset_name", str(simulated), "--output_dir", str(tmp_path / "out"), *FAST)
     output = train_sft.main(args, training_args, model_args)
@@ -89,8 +109,8 @@ def test_both_stages_save_a_checkpoint_with_its_card(simulated, tmp_path):
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert "datasets" not in metadata and "fusar-gpt" in metadata["tags"]  # a local folder is no Hub id
-    assert f"Data: `{simulated.name}`" in card and str(simulated.parent) not in card
-    assert "Stage 1 (knowledge injection" in card and "Stage 2 (task execution)" in card
+    assert f"`{simulated.name}`: SAR image - text - AlphaEarth triplets" in card and str(simulated.parent) not in card
+    assert "Stage 1 (knowledge injection; tasks: caption)" in card and "Stage 2 (task execution; tasks: " in card
     run = json.loads((output / "fusar_run.json").read_text())
     assert {entry["stage"] for entry in run["history"]} == {1, 2} and (output / "loss_curve.png").stat().st_size > 1000
 

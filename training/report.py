@@ -6,6 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from dataset_scripts.alphaearth import ATTRIBUTION, LICENSE as ALPHAEARTH_LICENSE
+
 
 def results_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of {column: {task: score}}: one row per task ("all" last), one column per run."""
@@ -58,28 +60,73 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         metadata["datasets"] = [args.dataset_name]
     if args.model != "tiny" and not Path(args.model).exists():
         metadata["base_model"] = args.model
-    stages = "both" if args.stage == "both" else f"stage {args.stage} only"
+    from train_sft import stage_tasks  # (train_sft imports this module at its top)
+
+    stages = (1, 2) if args.stage == "both" else (int(args.stage),)
     lora = (f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on every linear layer of the language model"
             if model_args.use_peft else "the whole language model (no PEFT)")
+    anchors_train = {1: args.use_anchors, 2: args.use_anchors and args.stage2_train_anchor_module}
+    trains = {1: ["the anchor module"] * anchors_train[1] + [lora] * args.stage1_train_language_model,
+              2: ["the anchor module"] * anchors_train[2] + [lora]}
     final_loss = [entry["loss"] for entry in history if "loss" in entry]
+    tiny = args.model == "tiny"
     lines = [
         "# FUSAR-GPT", "",
-        "A SAR vision-language model whose visual tokens are modulated by AlphaEarth anchors (Token-wise Linear "
-        "Modulation). Load it with `AutoModelForImageTextToText.from_pretrained(..., trust_remote_code=True)`, or with "
-        "the `fusar-gpt` package imported.", "",
+        "A vision-language model for Synthetic Aperture Radar (SAR) images whose visual tokens are modulated by "
+        "AlphaEarth satellite embeddings (*anchors*: a 64-d vector at a position in the image, per year) through "
+        "Token-wise Linear Modulation, as in FUSAR-GPT (arXiv 2602.19190).", "",
+        "## Usage", "",
+        "```python",
+        "from transformers import AutoModelForImageTextToText, AutoProcessor",
+        "",
+        f'model = AutoModelForImageTextToText.from_pretrained("{output.name}", trust_remote_code=True)',
+        f'processor = AutoProcessor.from_pretrained("{output.name}", trust_remote_code=True)',
+        'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many ships are there?"}]}]',
+        'inputs = processor(images=["scene.tif"], text=[processor.apply_chat_template(messages, add_generation_prompt=True)],',
+        '                   anchors=["scene_aef.npz"], return_tensors="pt")  # anchors: the authors\' .npz, a dict, or None',
+        "output = model.generate(**inputs, max_new_tokens=64)",
+        'print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])',
+        "```", "",
+        "Images may be GeoTIFFs or arrays in dB, amplitude, intensity or complex values, or 8-bit quicklooks; the "
+        "processor turns them into the 8-bit image the model saw in training.", "",
+        "## Training data", "",
+        f"`{public_name(args.dataset_name)}`: SAR image - text - AlphaEarth triplets (see its dataset card)"
+        + (", simulated: speckled scenes with an AlphaEarth-like field, not real SAR." if tiny else "."),
+        f"Anchors {'used' if args.use_anchors else 'NOT used (an ablation run)'}.", "",
         "## Recipe", "",
-        f"- Base: `{public_name(args.model)}`{' (a tiny random Qwen2.5-VL-shaped model built offline)' if args.model == 'tiny' else ''}",
-        f"- Data: `{public_name(args.dataset_name)}`; anchors {'used' if args.use_anchors else 'NOT used (ablation)'}",
-        f"- Stages run: {stages}",
-        f"- Stage 1 (knowledge injection, captions): {args.stage1_epochs} epochs, lr {args.stage1_learning_rate}, trains "
-        f"the anchor module{' and ' + lora if args.stage1_train_language_model else ''}",
-        f"- Stage 2 (task execution): {args.stage2_epochs} epochs, lr {args.stage2_learning_rate}, trains {lora}; "
-        "anchor module frozen",
+        f"- Base: `{public_name(args.model)}`" + (" (a tiny random Qwen2.5-VL-shaped model built offline)" if tiny else ""),
+        f"- Stages run: {' then '.join(map(str, stages))}",
+    ]
+    for stage, name, epochs, rate in ((1, "knowledge injection", args.stage1_epochs, args.stage1_learning_rate),
+                                      (2, "task execution", args.stage2_epochs, args.stage2_learning_rate)):
+        if stage in stages:
+            frozen = "" if anchors_train[stage] or not args.use_anchors else "; anchor module frozen"
+            lines.append(f"- Stage {stage} ({name}; tasks: {', '.join(stage_tasks(stage, args))}): {epochs} epochs, "
+                         f"lr {rate}, trains {' and '.join(trains[stage])}{frozen}")
+    lines += [
         f"- Batch {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
         f"accumulation, warm-up {training_args.warmup_steps}, {training_args.lr_scheduler_type} schedule, seed "
         f"{training_args.seed}, bf16 {training_args.bf16}",
         f"- Final training loss: {final_loss[-1]:.4f}" if final_loss else "- No training loss logged",
         "", "![loss curve](loss_curve.png)", "",
+        "## Limitations", "",
+        "- A demonstration model: tiny, trained for minutes on simulated data. Its answers mean nothing for real "
+        "scenes." if tiny else "- Trained and evaluated on the data above only; other sensors, resolutions, "
+        "polarisations and regions may behave differently.",
+        "- Anchors exist only for georeferenced scenes inside AlphaEarth's coverage (annual, 2017 onwards); without "
+        "them the model sees the image alone.",
+        "- Counts, boxes and grid cells are generated text: check them before use.", "",
+        "## Citation", "",
+        "FUSAR-GPT: arXiv 2602.19190 (CVPR 2026). Anchors: " + ATTRIBUTION + f" ({ALPHAEARTH_LICENSE})", "",
+        "```bibtex",
+        "@misc{fusargpt2026,",
+        "  title = {FUSAR-GPT},",
+        "  note = {CVPR 2026; see arXiv:2602.19190 for the authors},",
+        "  eprint = {2602.19190},",
+        "  archivePrefix = {arXiv},",
+        "  year = {2026}",
+        "}",
+        "```", "",
     ]
     if results:
         lines += ["## Evaluation", "", results_table(results), ""]

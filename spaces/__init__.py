@@ -1,0 +1,1 @@
+"""The demo Space: `app.py` (the page) and `fusar_demo.py` (its logic), run from this folder."""
