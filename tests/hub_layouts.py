@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from modeling_fusar.tiny import tiny_qwen2_5_vl
 
 # Qwen2.5-VL's own chat template, as in its chat_template.json (no `{% generation %}` markers).
@@ -71,6 +73,22 @@ def qwen2_5_vl_snapshot(folder: Path, tokenizer, seed: int = 0):
     for stray in ("chat_template.jinja",):  # written by today's save_pretrained, absent from the repository
         (folder / stray).unlink(missing_ok=True)
     return model
+
+
+QWEN_REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
+
+
+@pytest.fixture
+def published(local_hub, tokenizers, tmp_path):
+    """(the base model, its replica folder) with the replica uploaded to the local Hub as QWEN_REPO."""
+    from huggingface_hub import HfApi
+
+    folder = tmp_path / "Qwen2.5-VL-7B-Instruct"
+    base = qwen2_5_vl_snapshot(folder, tokenizers["qwen2_5_vl"])
+    assert SNAPSHOT_FILES <= {p.name for p in folder.iterdir()} and not (folder / "processor_config.json").exists()
+    HfApi().create_repo(QWEN_REPO)
+    HfApi().upload_folder(folder_path=str(folder), repo_id=QWEN_REPO)
+    return base.eval(), folder
 
 
 SNAPSHOT_FILES = {"config.json", "generation_config.json", "preprocessor_config.json", "chat_template.json",

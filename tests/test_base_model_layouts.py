@@ -8,25 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from huggingface_hub import HfApi, snapshot_download
+from huggingface_hub import snapshot_download
 
 from conftest import PROMPT, random_image
-from hub_layouts import SNAPSHOT_FILES, qwen2_5_vl_snapshot
+from hub_layouts import QWEN_REPO as REPO, published  # noqa: F401  (a fixture)
 from modeling_fusar import FusarForConditionalGeneration
 from processing import FusarProcessor
-
-REPO = "Qwen/Qwen2.5-VL-7B-Instruct"
-
-
-@pytest.fixture
-def published(local_hub, tokenizers, tmp_path):
-    """(the base model, its replica folder) with the replica uploaded as REPO."""
-    folder = tmp_path / "Qwen2.5-VL-7B-Instruct"
-    base = qwen2_5_vl_snapshot(folder, tokenizers["qwen2_5_vl"])
-    assert SNAPSHOT_FILES <= {p.name for p in folder.iterdir()} and not (folder / "processor_config.json").exists()
-    HfApi().create_repo(REPO)
-    HfApi().upload_folder(folder_path=str(folder), repo_id=REPO)
-    return base.eval(), folder
 
 
 def test_a_hub_snapshot_loads_into_fusar_gpt_by_id_and_by_folder(published):

@@ -1,6 +1,9 @@
 """train_sft.py, TRL-style: every parameter that should train changes, every frozen one does not."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +13,8 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 import main_job
 import train_sft
 from dataset_scripts.simulate import simulate
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FAST = ["--per_device_train_batch_size", "4", "--bf16", "false", "--gradient_checkpointing", "false",
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1", "--max_train_examples", "8",
@@ -270,3 +275,18 @@ def test_lora_kept_as_an_adapter_names_its_base(simulated, tmp_path):
     assert base == str(output / "stage1-model")
     model = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base), output)
     assert type(model.get_base_model()).__name__ == "FusarForConditionalGeneration"
+
+
+@pytest.mark.parametrize("name", ["multi_gpu", "deepspeed_zero2", "deepspeed_zero3", "fsdp", "cpu_ddp"])
+def test_accelerate_configs_load_and_gpu_ones_ask_for_the_process_count(name):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ROOT / "configs" / "accelerate" / f"{name}.yaml"))
+    assert config.num_processes == (2 if name == "cpu_ddp" else -1)  # never 8 processes on whatever machine
+
+
+def test_a_gpu_config_without_a_process_count_stops_at_once():
+    result = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+                             str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"), str(ROOT / "train_sft.py"),
+                             "--help"], capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0 and "pass in `--num_processes`" in result.stderr
