@@ -60,6 +60,14 @@ class FusarArguments:
     use_anchors: bool = field(default=True, metadata={"help": "False: the same run without anchors (ablation)"})
     merge_lora: bool = field(default=True, metadata={"help": "merge the final LoRA into the weights, else keep it "
                                                               "as an adapter"})
+    vision_attn_implementation: str = field(default="varlen", metadata={
+        "help": "the vision tower's windowed attention: varlen (one flash call on CUDA, exact sdpa elsewhere) or base",
+        "choices": ["varlen", "base"]})
+    vision_feature_cache_gb: float = field(default=2.0, metadata={
+        "help": "memory for each image's encoder features while the image encoder is frozen (encoded once per run, "
+                "reused every later epoch); 0 turns the cache off"})
+    vision_feature_cache_disk_gb: float = field(default=50.0, metadata={
+        "help": "then this much of a temporary memory-mapped file (removed when the stage ends)"})
     tiny_hidden_size: int = 128
     tiny_layers: int = 2
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many rows per stage"})
@@ -115,12 +123,15 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
         corpus = [m["content"] for row in dataset["train"].select_columns(["messages"]) for m in row["messages"]]
         base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
-        return FusarForConditionalGeneration.from_base(base), FusarProcessor.from_base(base_processor)
+        model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation)
+        return model, FusarProcessor.from_base(base_processor)
     options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
     config = AutoConfig.from_pretrained(args.model)
     if config.model_type == "fusar_gpt":
+        options["vision_attn_implementation"] = args.vision_attn_implementation
         model, processor = AutoModelForImageTextToText.from_pretrained(args.model, **options), AutoProcessor.from_pretrained(args.model)
     else:
+        options["vision_attn_implementation"] = args.vision_attn_implementation
         # Any layout of a base: a saved processor, or a Hub snapshot (preprocessor_config.json, chat_template.json, ...).
         model, processor = FusarForConditionalGeneration.from_base(args.model, **options), FusarProcessor.from_base(args.model)
     if not GENERATION_MARKER.search(processor.chat_template or ""):  # assistant-only loss needs these markers
@@ -202,11 +213,17 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     lora = peft_config(model, stage, args, model_args)
     if lora is None:
         set_trainable(model, stage, args)
+    if args.vision_feature_cache_gb > 0:  # in use only while the image encoder is frozen (checked at every batch)
+        model.enable_vision_feature_cache(memory_bytes=int(args.vision_feature_cache_gb * 2**30),
+                                          disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30))
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
                          data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
-    trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
+    try:
+        trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
+    finally:
+        model.disable_vision_feature_cache()  # its temporary file goes with the stage
     model = trainer.model
     if lora is not None and (stage == 1 or args.merge_lora):
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights

@@ -26,15 +26,19 @@ from processing import FusarProcessor
 
 
 def interleaved(fns: dict, repeats: int) -> dict:
-    """Median seconds of each function, run alternately so that machine noise hits all of them alike."""
+    """Median seconds of each function, run alternately so that machine noise hits all of them alike (on a GPU,
+    each timing waits for the GPU to finish)."""
+    synchronise = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
         fn()
         fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            synchronise()
             start = time.perf_counter()
             fn()
+            synchronise()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -73,8 +77,10 @@ def authors_loop(tlm, features, grids, values, positions, valid):
     out = []
     for image, (tokens, grid) in enumerate(zip(features, grids)):
         gamma, beta = tlm.film(values[image]).chunk(2, dim=-1)
-        cells = torch.cartesian_prod(torch.arange(grid.patch_rows), torch.arange(grid.patch_cols)).float()
-        anchors = positions[image] * torch.tensor([grid.patch_rows - 1, grid.patch_cols - 1])
+        device = tokens.device
+        cells = torch.cartesian_prod(torch.arange(grid.patch_rows, device=device),
+                                     torch.arange(grid.patch_cols, device=device)).to(tokens.dtype)
+        anchors = positions[image] * torch.tensor([grid.patch_rows - 1, grid.patch_cols - 1], device=device)
         w = torch.exp(-((anchors[:, None] - cells[None]) ** 2).sum(-1) / (2 * tlm.sigma**2))
         w = w / (w.sum(0, keepdim=True) + 1e-6) * valid[image][:, None]
         w = w / (w.sum(0, keepdim=True) + 1e-6)
@@ -92,16 +98,18 @@ def anchor_module_ratio(model, repeats, batch_size=8, anchors=64):
     torch.nn.init.normal_(tlm.film[-1].weight, std=0.02)
     grid = VisualGrid(36, 36, 2)  # the paper's 504 px images on Qwen2.5-VL
     generator = torch.Generator().manual_seed(0)
-    features = torch.randn(batch_size, grid.num_tokens, hidden, generator=generator, requires_grad=True)
-    values = F.normalize(torch.randn(batch_size, anchors, 1, 64, generator=generator), dim=-1)
-    positions = torch.rand(batch_size, anchors, 2, generator=generator)
-    mask = torch.ones(batch_size, anchors, 1, dtype=torch.bool)
+    place = {"device": tlm.film[-1].weight.device, "dtype": tlm.film[-1].weight.dtype}
+    features = torch.randn(batch_size, grid.num_tokens, hidden, generator=generator).to(**place).requires_grad_()
+    values = F.normalize(torch.randn(batch_size, anchors, 1, 64, generator=generator), dim=-1).to(**place)
+    positions = torch.rand(batch_size, anchors, 2, generator=generator).to(**place)
+    mask = torch.ones(batch_size, anchors, 1, dtype=torch.bool, device=place["device"])
 
     def ours():
         torch.stack(tlm(list(features), [grid] * batch_size, values, positions, mask)).sum().backward()
 
     def loop():
-        torch.stack(authors_loop(tlm, list(features), [grid] * batch_size, values[:, :, 0], positions, mask[:, :, 0].float())).sum().backward()
+        torch.stack(authors_loop(tlm, list(features), [grid] * batch_size, values[:, :, 0], positions,
+                                 mask[:, :, 0].to(place["dtype"]))).sum().backward()
 
     times = interleaved({"ours": ours, "loop": loop}, repeats)
     return times["loop"] / times["ours"], times

@@ -20,6 +20,9 @@ class FusarConfig(PreTrainedConfig):
     anchor_max_year_offset (`int`, defaults to 10):
         Offsets between an anchor's year and the acquisition year are clipped to +-this many years before the
         temporal attention embeds them.
+    vision_attn_implementation (`str`, defaults to `"varlen"`):
+        The base's vision attention over its windows: `"varlen"` (one variable-length flash attention call on CUDA,
+        exactly transformers' sdpa elsewhere; see `vision_attention.py`) or `"base"` (as the base model was built).
     """
 
     model_type = "fusar_gpt"
@@ -30,6 +33,7 @@ class FusarConfig(PreTrainedConfig):
     anchor_sigma: float = 2.0
     anchor_hidden_size: int | None = None
     anchor_max_year_offset: int = 10
+    vision_attn_implementation: str = "varlen"
     # The base model ties its own embeddings (its config says whether); this wrapper has none of its own.
     tie_word_embeddings: bool = False
 
@@ -40,6 +44,9 @@ class FusarConfig(PreTrainedConfig):
         for name in ("anchor_dim", "anchor_hidden_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"FusarConfig.{name} must be a positive integer, got {getattr(self, name)}")
+        if self.vision_attn_implementation not in ("varlen", "base"):
+            raise ValueError("FusarConfig.vision_attn_implementation must be 'varlen' or 'base', got "
+                             f"{self.vision_attn_implementation!r}")
         if not self.anchor_sigma > 0:
             raise ValueError(f"FusarConfig.anchor_sigma must be > 0 (grid units), got {self.anchor_sigma}")
 

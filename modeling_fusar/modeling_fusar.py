@@ -17,11 +17,14 @@ from torch import nn
 from transformers import AutoModelForImageTextToText, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .anchor_modulation import AnchorModulation, check_anchor_inputs
 from .configuration_fusar import FusarConfig
+from .vision_attention import use_vision_attention
+from .vision_cache import VisionFeatureCache, join_images, split_images
 from .visual_grids import visual_grids
 
 ANCHOR_INPUTS = ("anchor_values", "anchor_positions", "anchor_mask", "anchor_year_offsets")
@@ -54,6 +57,8 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         )
         self.post_init()
         self.generation_config = self.vlm.generation_config
+        use_vision_attention(self.vlm, config.vision_attn_implementation == "varlen")  # see vision_attention.py
+        self.vision_feature_cache: VisionFeatureCache | None = None  # training only: enable_vision_feature_cache()
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -127,7 +132,7 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         """The base model's image features (one `[tokens, C]` tensor per image in `.pooler_output`), modulated by
         the anchors. Images without anchors, or whose anchors are all masked, come out unchanged."""
         grids = visual_grids(self.config.base_config, pixel_values, **image_inputs)  # also checks the inputs
-        outputs = self.vlm.get_image_features(pixel_values, return_dict=True, **image_inputs)
+        outputs = self._encoder_features(pixel_values, image_inputs)
         features = list(outputs.pooler_output)
         for image, (feature, grid) in enumerate(zip(features, grids, strict=True)):
             if feature.shape[0] != grid.num_tokens:
@@ -140,6 +145,39 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         elif anchor_positions is not None or anchor_mask is not None:
             raise ValueError("anchor_positions / anchor_mask were given without anchor_values")
         return outputs
+
+    def _encoder_features(self, pixel_values: torch.Tensor, image_inputs: dict):
+        """The base model's image features; from `vision_feature_cache` (see vision_cache.py) when one is set and
+        the image encoder does not train."""
+        cache = self.vision_feature_cache
+        if cache is None or not cache.active:
+            return self.vlm.get_image_features(pixel_values, return_dict=True, **image_inputs)
+        images = split_images(pixel_values, image_inputs)
+        keys = [cache.key(pixels, *(v for v in inputs.values() if isinstance(v, torch.Tensor)))
+                for pixels, inputs in images]
+        features = [cache.get(key, pixel_values.device) for key in keys]
+        missing = [i for i, feature in enumerate(features) if feature is None]
+        if missing:
+            pixels, inputs = join_images([images[i] for i in missing])
+            fresh = self.vlm.get_image_features(pixels, return_dict=True, **inputs).pooler_output
+            for i, feature in zip(missing, fresh, strict=True):
+                features[i] = feature
+                cache.put(keys[i], feature)
+        return BaseModelOutputWithPooling(pooler_output=features)
+
+    def enable_vision_feature_cache(self, **budgets) -> VisionFeatureCache:
+        """Cache each image's encoder features while the image encoder (all but the language model and its head)
+        does not train; `budgets`: `memory_bytes`, `disk_bytes`, `folder`. `disable_vision_feature_cache()` ends it."""
+        language = [*self.vlm.get_decoder().parameters(), *self.vlm.get_output_embeddings().parameters()]
+        encoder = [p for p in self.vlm.parameters() if all(p is not q for q in language)]
+        self.disable_vision_feature_cache()
+        self.vision_feature_cache = VisionFeatureCache(encoder, **budgets)
+        return self.vision_feature_cache
+
+    def disable_vision_feature_cache(self) -> None:
+        if self.vision_feature_cache is not None:
+            self.vision_feature_cache.close()
+        self.vision_feature_cache = None
 
     def _encode_images(self, input_ids, pixel_values, anchors: dict, model_inputs: dict) -> dict:
         """`mm_encoder_outputs` for the base model: the images encoded once, with their anchors applied."""
