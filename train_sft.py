@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 from importlib import resources
@@ -160,8 +161,35 @@ def trains_anchor_module(stage: int, args: FusarArguments) -> bool:
     return args.use_anchors and (stage == 1 or args.stage2_train_anchor_module)
 
 
-def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments) -> None:
-    """Before any training: every stage has rows, and anchors given to the model can have an effect."""
+def parameters_sharded() -> bool:
+    """FSDP or DeepSpeed ZeRO-3: every process holds a shard of each weight, so a model is saved through the Trainer
+    (which gathers the whole weights) and handed from one stage to the next through the files it writes."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    kind = PartialState().distributed_type
+    zero3 = kind == DistributedType.DEEPSPEED and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    return kind == DistributedType.FSDP or zero3
+
+
+def save_result(trainer, model, processor, folder: Path) -> None:
+    """`model` and the processor to `folder`, written by the main process only (through the Trainer when sharded)."""
+    if parameters_sharded():
+        trainer.save_model(str(folder))  # gathers on every process, writes on the main one
+    elif trainer.args.should_save:
+        model.save_pretrained(folder)
+    if trainer.args.should_save:
+        processor.save_pretrained(folder)
+    trainer.accelerator.wait_for_everyone()
+
+
+def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments, model_args: ModelConfig) -> None:
+    """Before any training: every stage has rows, anchors given to the model can have an effect, and LoRA is merged
+    only where whole weights exist."""
+    if model_args.use_peft and parameters_sharded():
+        raise ValueError("LoRA under FSDP or DeepSpeed ZeRO-3 is not supported: merging it between the stages needs "
+                         "whole weights, and the LoRA recipes fit one GPU per process (README, On GPUs); launch them "
+                         "with configs/accelerate/multi_gpu.yaml or deepspeed_zero2.yaml")
     present = set(dataset["train"].unique("task"))
     for stage in stages:
         if not present & set(stage_tasks(stage, args)):
@@ -227,7 +255,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     model = trainer.model
     if lora is not None and (stage == 1 or args.merge_lora):
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
-    return model, trainer.state.log_history
+    return model, trainer.state.log_history, trainer
 
 
 def wants_resume(value) -> bool:
@@ -265,7 +293,7 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset, model_args)
     stages = (1, 2) if args.stage == "both" else (int(args.stage),)
-    check_plan(stages, model, dataset, args)
+    check_plan(stages, model, dataset, args, model_args)
     output = Path(training_args.output_dir)
     history = []
     stage1_result = output / "stage1-model"
@@ -276,16 +304,20 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
                 stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
             history += json.loads((stage1_result / "history.json").read_text())
             continue
-        model, log = run_stage(stage, model, processor, dataset, args, training_args, model_args)
+        model, log, trainer = run_stage(stage, model, processor, dataset, args, training_args, model_args)
         history += [dict(entry, stage=stage) for entry in log]
         if stage == 1 and args.stage == "both":  # where stage 2 resumes from, and the stage-1 model for ablations
-            model.save_pretrained(stage1_result)
-            processor.save_pretrained(stage1_result)
-            (stage1_result / "history.json").write_text(json.dumps(history))  # written last: stage 1 is complete
+            save_result(trainer, model, processor, stage1_result)
+            if trainer.args.should_save:
+                (stage1_result / "history.json").write_text(json.dumps(history))  # written last: stage 1 is complete
+            if parameters_sharded():  # stage 2 starts from whole weights, which its own Trainer shards again
+                model = AutoModelForImageTextToText.from_pretrained(
+                    stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         model.peft_config["default"].base_model_name_or_path = str(stage1_result if args.stage == "both" else args.model)
-    model.save_pretrained(output)
-    processor.save_pretrained(output)
+    save_result(trainer, model, processor, output)
+    if not trainer.args.should_save:  # the rest of the folder is the main process's to write
+        return output
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),
            "history": history}
     (output / "fusar_run.json").write_text(json.dumps(run, indent=2, default=str))

@@ -14,7 +14,7 @@ if __name__ == "__main__":
     dataset = train_sft.load_triplets(args.dataset_name)
     torch.manual_seed(0)
     model, processor = train_sft.load_model(args, dataset, model_args)
-    trained, _ = train_sft.run_stage(1, model, processor, dataset, args, training_args, model_args)
+    trained, _, _ = train_sft.run_stage(1, model, processor, dataset, args, training_args, model_args)
     rank = int(os.environ.get("RANK", 0))
     torch.save({k: v.detach().cpu() for k, v in trained.state_dict().items()}, f"{output}/rank{rank}.pt")
     torch.save({"world_size": torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1},

@@ -47,7 +47,7 @@ def stage_run(simulated, tmp_path, stage, *extra):
     model, processor = train_sft.load_model(args, dataset, model_args)
     torch.nn.init.normal_(model.anchor_module.film[-1].weight, std=0.01)  # let gradients reach the first layer
     before = snapshot(model)
-    trained, _ = train_sft.run_stage(stage, model, processor, dataset, args, training_args, model_args)
+    trained, _, _ = train_sft.run_stage(stage, model, processor, dataset, args, training_args, model_args)
     return before, trained
 
 
@@ -177,7 +177,7 @@ def test_a_base_model_folder_with_the_official_chat_template(simulated, tmp_path
                                             "--model", str(tmp_path / "base"), "--stage", "2", *FAST)
     loaded, loaded_processor = train_sft.load_model(args, train_sft.load_triplets(args.dataset_name), model_args)
     assert "{% generation %}" in loaded_processor.chat_template
-    trained, log = train_sft.run_stage(2, loaded, loaded_processor, train_sft.load_triplets(args.dataset_name), args,
+    trained, log, _ = train_sft.run_stage(2, loaded, loaded_processor, train_sft.load_triplets(args.dataset_name), args,
                                        training_args, model_args)
     losses = [entry["loss"] for entry in log if "loss" in entry]
     assert losses and all(loss == loss and loss > 0 for loss in losses)  # finite: assistant tokens were labelled
@@ -290,3 +290,24 @@ def test_a_gpu_config_without_a_process_count_stops_at_once():
                              str(ROOT / "configs" / "accelerate" / "multi_gpu.yaml"), str(ROOT / "train_sft.py"),
                              "--help"], capture_output=True, text=True, timeout=300)
     assert result.returncode != 0 and "pass in `--num_processes`" in result.stderr
+
+
+def test_a_sharded_run_saves_through_the_trainer_and_hands_over_through_files(simulated, tmp_path, monkeypatch):
+    """Under FSDP / ZeRO-3 (each process a shard of every weight): saves go through `Trainer.save_model` (which gathers
+    the weights; the main process writes) and stage 2 starts from stage 1's saved files. Forced here on one CPU
+    process, where the path must end exactly where the in-memory hand-over ends."""
+    options = ["--dataset_name", str(simulated), *FAST]
+    plain = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "plain")))
+    saves = []
+    save_model = train_sft.FusarSFTTrainer.save_model
+    monkeypatch.setattr(train_sft.FusarSFTTrainer, "save_model",
+                        lambda self, folder=None, *rest, **kw: saves.append(folder) or save_model(self, folder, *rest, **kw))
+    monkeypatch.setattr(train_sft, "parameters_sharded", lambda: True)
+    sharded = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "sharded")))
+    assert saves == [str(tmp_path / "sharded" / "stage1-model"), str(tmp_path / "sharded")]
+    expected = AutoModelForImageTextToText.from_pretrained(plain).state_dict()
+    got = AutoModelForImageTextToText.from_pretrained(sharded).state_dict()
+    assert all(torch.equal(got[name], value) for name, value in expected.items())
+    assert (sharded / "README.md").is_file() and (sharded / "stage1-model" / "history.json").is_file()
+    code = train_sft.cli([*options, "--output_dir", str(tmp_path / "lora"), "--use_peft", "true"])
+    assert code == 2 and not (tmp_path / "lora" / "stage1").exists()

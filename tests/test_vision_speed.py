@@ -121,7 +121,7 @@ def test_training_with_the_cache_ends_where_training_without_it_ends(tmp_path, m
         dataset = train_sft.load_triplets(args.dataset_name)
         torch.manual_seed(0)
         model, processor = train_sft.load_model(args, dataset, model_args)
-        trained, _ = train_sft.run_stage(1, model, processor, dataset, args, training_args, model_args)
+        trained, _, _ = train_sft.run_stage(1, model, processor, dataset, args, training_args, model_args)
         ends[gigabytes] = {name: p.detach().clone() for name, p in trained.named_parameters()}
         assert trained.vision_feature_cache is None  # closed with the stage
     [cache] = made  # only the run with a budget had one; its second epoch came from it
