@@ -2,7 +2,10 @@
 
 (1) anchor sampling from a large int8 AlphaEarth tile: chips per second, and bytes read per chip against the
     tile's size (reads are windowed, so the ratio stays tiny);
-(2) build throughput of the simulated dataset: scenes per second with 1 and 2 worker processes.
+(2) the same chips from the same tile served over HTTP (a local server with range requests, in its own process)
+    through the release's index: chips per second and bytes fetched per chip, cold and warm block cache, with 1 and
+    8 parallel readers;
+(3) build throughput of the simulated dataset: scenes per second with 1 and 2 worker processes.
 
 Run: python benchmarks/bench_dataset.py  (add --quick for a fast smoke run)
 """
@@ -77,13 +80,48 @@ def anchor_sampling(root: Path, side: int, chips: int) -> None:
           f"of {size / 2**20:.0f} MiB; {per_chip / 2**10:.0f} KiB read per chip = {per_chip / size:.2%} of the tile")
 
 
+def cloud_sampling(root: Path, side: int, chips: int, cache: Path) -> None:
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from rasterio.warp import transform_bounds
+
+    from dataset_scripts.alphaearth_cloud import AlphaEarthCloud
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from range_server import serve
+
+    west, south, east, north = transform_bounds("EPSG:32631", "EPSG:4326", 500_000, 5_000_000 - side * 10,
+                                                500_000 + side * 10, 5_000_000)
+    pq.write_table(pa.Table.from_pylist([{"fid": 0, "path": "2024/31N/tile.tiff", "year": 2024, "wgs84_west": west,
+                                          "wgs84_south": south, "wgs84_east": east, "wgs84_north": north}]),
+                   root / "aef_index.parquet")
+    rng = np.random.default_rng(1)
+    corners = [(500_000 + rng.uniform(0, side * 10 - 520), 5_000_000 - rng.uniform(0, side * 10 - 520))
+               for _ in range(chips)]
+    block = 256 * 256 * 64  # one uncompressed block of the tile, bytes
+    with serve(root) as server:
+        for readers in (1, 8):
+            source = AlphaEarthCloud(server.url, cache_dir=cache / str(readers))
+            for state in ("cold", "warm"):
+                before, start = server.total_sent(), time.perf_counter()
+                with ThreadPoolExecutor(readers) as pool:
+                    list(pool.map(lambda corner: sample_anchors(
+                        source, Footprint(CRS.from_epsg(32631), from_origin(*corner, 1, 1), 512, 512), 2024), corners))
+                seconds, fetched = time.perf_counter() - start, (server.total_sent() - before) / chips
+                print(f"(2) cloud, {readers} reader{'s' if readers > 1 else ''}, {state} cache: {chips / seconds:7.1f} "
+                      f"chips/s, {fetched / 2**10:6.0f} KiB fetched per chip ({fetched / block:.2f} blocks)")
+
+
 def build_throughput(scenes: int, folder: Path) -> None:
     rates = {}
     for workers in (1, 2):
         start = time.perf_counter()
         simulate(folder / f"sim-{workers}", scenes=scenes, num_proc=workers)
         rates[workers] = scenes / (time.perf_counter() - start)
-    print(f"(2) simulated build: {rates[1]:.1f} scenes/s with 1 process, {rates[2]:.1f} with 2 "
+    print(f"(3) simulated build: {rates[1]:.1f} scenes/s with 1 process, {rates[2]:.1f} with 2 "
           f"({rates[2] / rates[1]:.2f}x); about 5 rows per scene")
 
 
@@ -96,6 +134,7 @@ def main():
         root = Path(folder) / "aef"
         write_tile(root / "2024" / "31N" / "tile.tiff", side)
         anchor_sampling(root, side, chips)
+        cloud_sampling(root, side, chips, Path(folder) / "cache")
         build_throughput(scenes, Path(folder))
 
 

@@ -74,6 +74,11 @@ class Footprint:
         xs, ys = self.transform @ (cols, rows)
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
+    def width_m(self) -> float:
+        """The image's width on the ground, in metres (a degree of latitude is ~111.32 km)."""
+        pixel = abs(self.transform.a)
+        return self.width * pixel * (111_320 if self.crs.is_geographic else self.crs.linear_units_factor[1])
+
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         """(lon_min, lat_min, lon_max, lat_max) of the image's outline."""
         edge = np.linspace(0, 1, 17)
@@ -90,10 +95,13 @@ class AlphaEarthGeoTIFF:
     def __init__(self, path, year: int):
         self.path, self.year = Path(path), int(year)
 
+    def __repr__(self) -> str:
+        return f"AlphaEarthGeoTIFF({str(self.path)!r}, {self.year})"
+
     def years(self) -> list[int]:
         return [self.year]
 
-    def read(self, year: int, crs: CRS, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    def read(self, year: int, crs: CRS, xs: np.ndarray, ys: np.ndarray, spacing_m: float | None = None) -> np.ndarray:
         if year != self.year:
             return np.full((len(xs), DIM), np.nan, np.float32)
         with _open(self.path) as dataset:
@@ -112,6 +120,9 @@ class AlphaEarthTiles:
         if not self.base.is_dir():
             raise ValueError(f"{root}: not a folder of AlphaEarth tiles (<year>/<zone><N|S>/*.tiff)")
 
+    def __repr__(self) -> str:
+        return f"AlphaEarthTiles({str(self.root)!r})"
+
     def years(self) -> list[int]:
         return sorted(int(p.name) for p in self.base.iterdir() if p.is_dir() and p.name.isdigit())
 
@@ -126,8 +137,9 @@ class AlphaEarthTiles:
                         found.append((path, dataset.crs, tuple(dataset.bounds)))
         return found
 
-    def read(self, year: int, crs: CRS, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        """[P, 64] float32 vectors at the points (xs, ys in `crs`); NaN where no tile has data."""
+    def read(self, year: int, crs: CRS, xs: np.ndarray, ys: np.ndarray, spacing_m: float | None = None) -> np.ndarray:
+        """[P, 64] float32 vectors at the points (xs, ys in `crs`); NaN where no tile has data. (Full resolution
+        whatever the anchors' spacing: `AlphaEarthCloud` reads overviews for wide spacings.)"""
         out = np.full((len(xs), DIM), np.nan, np.float32)
         todo = np.ones(len(xs), bool)
         for path, tile_crs, (left, bottom, right, top) in self.tiles(year):
@@ -182,6 +194,7 @@ def sample_anchors(source, footprint: Footprint, years, grid_size: int = 8) -> A
     years = [int(y) for y in ([years] if np.isscalar(years) else years)]
     positions = grid_positions(grid_size)
     xs, ys = footprint.points(positions)
-    values = np.stack([source.read(year, footprint.crs, xs, ys) for year in years], axis=1)  # [S, T, 64]
+    spacing = footprint.width_m() / grid_size
+    values = np.stack([source.read(year, footprint.crs, xs, ys, spacing_m=spacing) for year in years], axis=1)
     mask = np.isfinite(values).all(-1)
     return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions, mask, years)

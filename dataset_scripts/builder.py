@@ -102,7 +102,8 @@ def scene_rows(scene: SceneInput, config: BuildConfig, alphaearth=None) -> list[
         "polarization": sar.polarization,
         "resolution_m": sar.resolution_m,
         "objects": [{"bbox": [float(v) for v in o["bbox"]], "category": o["category"]} for o in objects],
-        "source": scene.source + ("" if anchors.values.shape[0] else "; no footprint or anchors: no anchors"),
+        "source": scene.source + ("; no footprint or anchors: no anchors" if not anchors.values.shape[0] else
+                                  "; no AlphaEarth data under the footprint" if not anchors.mask.any() else ""),
     }
     rows = []
     for number, (task, question, answer) in enumerate(examples(annotations, config.tasks, seed=scene.scene_id)):
@@ -153,7 +154,7 @@ def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, 
     """Finished shards are reused only by the build that made them: the same scenes, options and anchor source."""
     fingerprint = hashlib.sha1(json.dumps(
         {"scenes": [dataclasses.asdict(s) for s in scenes], "config": dataclasses.asdict(config),
-         "alphaearth": repr(vars(alphaearth)) if alphaearth is not None else None}, sort_keys=True, default=str,
+         "alphaearth": repr(alphaearth) if alphaearth is not None else None}, sort_keys=True, default=str,
     ).encode()).hexdigest()
     record = work / "build.json"
     if record.exists() and json.loads(record.read_text())["fingerprint"] != fingerprint:

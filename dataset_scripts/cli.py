@@ -19,6 +19,12 @@ def parse_tasks(text: str) -> tuple[str, ...]:
     return tasks
 
 
+def add_alphaearth_options(parser):
+    parser.add_argument("--alphaearth-index", help="the release's index (GeoParquet), if not aef_index.parquet under it")
+    parser.add_argument("--alphaearth-cache", help="folder for the blocks read from the release (default: "
+                                                   "~/.cache/fusar-gpt/alphaearth)")
+
+
 def add_split_option(parser):
     parser.add_argument("--split", choices=["hashed", *SPLITS], default="hashed",
                         help="the split every row goes to, or 'hashed': 80/10/10 by a hash of the scene id (default)")
@@ -41,7 +47,9 @@ def main(argv=None) -> int:
     inputs.add_argument("--voc", action="append", default=[], help="folder of Pascal VOC XML files beside their images")
     inputs.add_argument("--coco", action="append", default=[], help="COCO detection JSON (images relative to it)")
     inputs.add_argument("--jsonl", action="append", default=[], help="scenes JSONL: image, caption(s), questions, objects")
-    build.add_argument("--alphaearth", help="root of the official AlphaEarth int8 tiles (<year>/<zone><N|S>/*.tiff)")
+    build.add_argument("--alphaearth", help="the AlphaEarth release: a folder of its int8 tiles (<year>/<zone><N|S>/"
+                       "*.tiff), or its URL (https://, s3://, gs://) or a folder with its index (aef_index.parquet)")
+    add_alphaearth_options(build)
     build.add_argument("--alphaearth-geotiff", help="a float AlphaEarth export (bands A00..A63) ...")
     build.add_argument("--alphaearth-year", type=int, help="... and its year")
     build.add_argument("--year", type=int, help="acquisition year for scenes whose files do not say")
@@ -70,10 +78,20 @@ def main(argv=None) -> int:
     add_split_option(manifest)
     add_output_options(manifest)
 
+    anchors = commands.add_parser("anchors", help="AlphaEarth anchors for one georeferenced image -> .npz")
+    anchors.add_argument("image", help="a georeferenced SAR GeoTIFF (or an image with a .footprint.json)")
+    anchors.add_argument("--source", required=True, help="the AlphaEarth release: URL or folder (as --alphaearth)")
+    add_alphaearth_options(anchors)
+    anchors.add_argument("--years", type=int, nargs="+", help="years to read (default: the image's year)")
+    anchors.add_argument("--grid-size", type=positive_int, default=8, help="anchors per side (default 8)")
+    anchors.add_argument("--output", required=True, help="the .npz to write (values, positions, mask, years)")
+
     check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
     check.add_argument("dataset", help="dataset folder or Hub repo id")
 
     args = parser.parse_args(argv)
+    if args.command == "anchors":
+        return write_anchors(args)
     if args.command == "check":
         from .check import check as run_check
 
@@ -93,6 +111,35 @@ def main(argv=None) -> int:
     return 0
 
 
+def write_anchors(args) -> int:
+    """`fusar-data anchors`: one image's anchors to an .npz, written whole (a temporary name, then renamed)."""
+    import os
+
+    import numpy as np
+
+    from .alphaearth import sample_anchors
+    from .alphaearth_cloud import open_source
+    from .sar_reader import read_sar_scene
+
+    scene = read_sar_scene(args.image)
+    if scene.footprint is None:
+        raise ValueError(f"{args.image}: not georeferenced (no CRS, no .footprint.json): no anchors can be placed")
+    years = args.years or ([scene.year] if scene.year is not None else None)
+    if not years:
+        raise ValueError(f"{args.image}: its acquisition year is unknown; give --years")
+    source = open_source(args.source, args.alphaearth_index, args.alphaearth_cache)
+    anchors = sample_anchors(source, scene.footprint, years, grid_size=args.grid_size)
+    output = Path(args.output)
+    temporary = output.with_name(f".{output.name}.partial.npz")
+    np.savez(temporary, values=anchors.values, positions=anchors.positions, mask=anchors.mask,
+             years=np.asarray(anchors.years))
+    os.replace(temporary, output)
+    found = int(anchors.mask.any(-1).sum())
+    print(f"{output}: {found} of {len(anchors.positions)} anchors with AlphaEarth data, years {years}"
+          + ("" if found else " (the footprint lies outside the release's tiles for these years)"))
+    return 0
+
+
 def run(args) -> Path:
     from .builder import BuildConfig, build
 
@@ -106,7 +153,8 @@ def run(args) -> Path:
         scenes = from_manifest(args.manifest, task=args.task, source=args.source, root=args.root)
         return build(scenes, args.output, BuildConfig(name=Path(args.manifest).stem, split=args.split),
                      num_proc=args.num_proc, overwrite=args.overwrite)
-    from .alphaearth import AlphaEarthGeoTIFF, AlphaEarthTiles
+    from .alphaearth import AlphaEarthGeoTIFF
+    from .alphaearth_cloud import open_source
     from .inputs import from_coco, from_jsonl, from_voc
 
     scenes = [s for folder in args.voc for s in from_voc(folder, source=args.source, sensor=args.sensor)]
@@ -118,7 +166,7 @@ def run(args) -> Path:
         scene.year = scene.year if scene.year is not None else args.year
     alphaearth = None
     if args.alphaearth:
-        alphaearth = AlphaEarthTiles(args.alphaearth)
+        alphaearth = open_source(args.alphaearth, args.alphaearth_index, args.alphaearth_cache)
     elif args.alphaearth_geotiff:
         if args.alphaearth_year is None:
             raise ValueError("--alphaearth-geotiff needs --alphaearth-year")

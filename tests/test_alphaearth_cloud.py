@@ -1,0 +1,179 @@
+"""AlphaEarth from the cloud release, against servers on 127.0.0.1 serving tiles written here in the release's layout
+(top-down and bottom-up, int8, 64 bands, tiled, with overviews) and its index GeoParquet."""
+
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.transform import Affine, from_origin
+from rasterio.warp import transform_bounds
+
+from dataset_scripts.alphaearth import AlphaEarthTiles, Footprint, sample_anchors
+from dataset_scripts.alphaearth_cloud import AlphaEarthCloud, HttpOptions
+from range_server import serve
+
+SIDE, PIXEL, BLOCK = 512, 10.0, 128
+UTM = CRS.from_epsg(32631)
+TOP, LEFT = 5_000_000.0, 500_000.0
+
+
+def polygon_wkb(west, south, east, north) -> bytes:
+    ring = [(west, south), (east, south), (east, north), (west, north), (west, south)]
+    return struct.pack("<BIII", 1, 3, 1, len(ring)) + b"".join(struct.pack("<dd", *p) for p in ring)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    """Two 512 x 512 tiles of 2021 side by side (the right one bottom-up, as the mirror's files are) and the index."""
+    root = tmp_path_factory.mktemp("aef")
+    rng = np.random.default_rng(0)
+    rows = []
+    for number, bottom_up in enumerate((False, True)):
+        left = LEFT + number * SIDE * PIXEL
+        values = rng.integers(-127, 128, (64, SIDE, SIDE)).astype(np.int8)
+        values[:, :40, :40] = -128  # a nodata corner
+        transform = from_origin(left, TOP, PIXEL, PIXEL)
+        if bottom_up:
+            values, transform = values[:, ::-1, :], Affine(PIXEL, 0, left, 0, PIXEL, TOP - SIDE * PIXEL)
+        path = root / "2021" / "31N" / f"tile{number}.tiff"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with rasterio.open(path, "w", driver="GTiff", width=SIDE, height=SIDE, count=64, dtype="int8", crs=UTM,
+                           transform=transform, tiled=True, blockxsize=BLOCK, blockysize=BLOCK, compress="deflate",
+                           nodata=-128) as dataset:
+            dataset.write(np.ascontiguousarray(values))
+            dataset.build_overviews([2, 4, 8, 16], Resampling.average)
+        west, south, east, north = transform_bounds(UTM, "EPSG:4326", left, TOP - SIDE * PIXEL, left + SIDE * PIXEL, TOP)
+        rows.append({"fid": number, "path": f"s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual/2021/31N/"
+                     f"tile{number}.tiff", "year": 2021, "wgs84_west": west, "wgs84_south": south, "wgs84_east": east,
+                     "wgs84_north": north, "geometry": polygon_wkb(west, south, east, north), "crs": "EPSG:32631"})
+    pq.write_table(pa.Table.from_pylist(rows), root / "aef_index.parquet")
+    return root
+
+
+def footprint(left, top, size_m, pixels=64):
+    return Footprint(UTM, from_origin(left, top, size_m / pixels, size_m / pixels), pixels, pixels)
+
+
+def cloud(server, tmp_path, **options):
+    return AlphaEarthCloud(server.url, cache_dir=tmp_path / "cache", http=HttpOptions(retry_delay=0.05), **options)
+
+
+def test_anchors_through_http_equal_anchors_from_the_same_files_on_disk(release, tmp_path):
+    across = footprint(LEFT + 5020, TOP - 1000, 200)  # over both tiles, both orientations; full resolution
+    with serve(release) as server:
+        got = sample_anchors(cloud(server, tmp_path), across, [2021, 2022], grid_size=6)
+    expected = sample_anchors(AlphaEarthTiles(release), across, [2021, 2022], grid_size=6)
+    np.testing.assert_array_equal(got.mask, expected.mask)
+    np.testing.assert_array_equal(got.values, expected.values)
+    assert got.mask[:, 0].all() and not got.mask[:, 1].any()  # 2022 is not in the index: masked, not an error
+
+
+def test_bytes_fetched_grow_with_the_footprint_not_the_tile(release, tmp_path):
+    tile = (release / "2021" / "31N" / "tile0.tiff").stat().st_size
+    fetched = []
+    with serve(release) as server:
+        for size, grid in ((200, 8), (2500, 128)):  # one block, then most of the tile's (anchors < 20 m apart: full
+            before = server.total_sent()                # resolution, no overview)
+            sample_anchors(cloud(server, tmp_path / str(size)), footprint(LEFT + 100, TOP - 100, size), 2021,
+                           grid_size=grid)
+            fetched.append(server.total_sent() - before)
+        assert fetched[0] < tile / 10 and fetched[0] < fetched[1]
+        before, requests = server.total_sent(), server.requests()  # a second build of the region: all from the cache
+        sample_anchors(cloud(server, tmp_path / "2500"), footprint(LEFT + 100, TOP - 100, 2500), 2021, grid_size=128)
+        assert server.total_sent() == before and server.requests() == requests
+
+
+def test_a_large_footprint_reads_an_overview_not_the_full_resolution_blocks(release, tmp_path):
+    scene = footprint(LEFT, TOP, 5000)  # 5 km, 4 x 4 anchors 1.25 km apart: the 16x overview (160 m pixels)
+    with serve(release) as server:
+        got = sample_anchors(cloud(server, tmp_path), scene, 2021, grid_size=4)
+        coarse = server.total_sent()
+    with rasterio.open(release / "2021" / "31N" / "tile0.tiff", overview_level=3) as overview:
+        assert overview.res == (160.0, 160.0)
+        xs, ys = scene.points(got.positions)
+        expected = np.stack(list(overview.sample(zip(xs, ys))))
+    from dataset_scripts.alphaearth import dequantize
+
+    np.testing.assert_array_equal(got.values[:, 0][got.mask[:, 0]], dequantize(expected)[got.mask[:, 0]])
+    assert coarse < (release / "2021" / "31N" / "tile0.tiff").stat().st_size / 20
+
+
+def test_a_flaky_server_is_retried_to_the_same_anchors(release, tmp_path):
+    chip = footprint(LEFT + 300, TOP - 300, 150)  # anchors < 20 m apart: full resolution
+    expected = sample_anchors(AlphaEarthTiles(release), chip, 2021)
+    with serve(release) as server:
+        server.set(fail_every=3)  # every third request answered 503
+        got = sample_anchors(cloud(server, tmp_path, index=str(release / "aef_index.parquet")), chip, 2021)
+    np.testing.assert_array_equal(got.values, expected.values)
+
+
+def test_failures_are_clear_and_nothing_half_read_is_kept(release, tmp_path):
+    chip = footprint(LEFT + 300, TOP - 300, 150)  # anchors < 20 m apart: full resolution
+    with serve(release) as server:
+        source = cloud(server, tmp_path)
+        server.set(mode="truncate")
+        with pytest.raises(ValueError, match="tile0.tiff: cannot read this AlphaEarth file"):
+            sample_anchors(source, chip, 2021)
+        assert not list((tmp_path / "cache").glob("*.npy"))  # no block from a cut response
+        server.set(mode="range")
+        missing = release / "2021" / "31N" / "tile0.tiff"
+        hidden = missing.with_suffix(".hidden")
+        missing.rename(hidden)  # an index row whose file is gone (404)
+        try:
+            with pytest.raises(ValueError, match="tile0.tiff: cannot read this AlphaEarth file"):
+                sample_anchors(cloud(server, tmp_path / "other"), chip, 2021)
+        finally:
+            hidden.rename(missing)
+        outside = sample_anchors(source, footprint(LEFT - 90_000, TOP, 1000), 2021)  # under no tile
+        assert not outside.mask.any()
+        server.set(mode="ignore-range")  # a 3.5 GB file is never downloaded whole for 50 x 50 pixels
+        with pytest.raises(ValueError, match="tile0.tiff: cannot read this AlphaEarth file"):
+            sample_anchors(cloud(server, tmp_path / "third"), chip, 2021)
+    with pytest.raises(ValueError, match="cannot read the AlphaEarth index"):
+        AlphaEarthCloud("http://127.0.0.1:9", cache_dir=tmp_path / "c", http=HttpOptions(timeout=2))
+
+
+def sar_chip(path, left, top, size_m, pixels=32):
+    with rasterio.open(path, "w", driver="GTiff", width=pixels, height=pixels, count=1, dtype="float32", crs=UTM,
+                       transform=from_origin(left, top, size_m / pixels, size_m / pixels)) as dataset:
+        dataset.write(np.random.default_rng(1).gamma(1, 0.1, (1, pixels, pixels)).astype(np.float32))
+        dataset.update_tags(ACQUISITION_START_TIME="2021-06-01T10:00:00")
+
+
+def test_the_commands_take_the_cloud_source(release, tmp_path, capsys):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from dataset_scripts.cli import main as fusar_data
+    from dataset_scripts.loading import load_triplet_dataset
+    from processing.anchors import as_anchor_set
+
+    sar_chip(tmp_path / "chip.tif", LEFT + 300, TOP - 300, 150)
+    sar_chip(tmp_path / "nowhere.tif", LEFT - 90_000, TOP, 150)
+    expected = sample_anchors(AlphaEarthTiles(release), Footprint(UTM, from_origin(LEFT + 300, TOP - 300, 150 / 32,
+                                                                                   150 / 32), 32, 32), 2021)
+    with serve(release) as server:
+        result = subprocess.run([str(Path(sys.executable).with_name("fusar-data")), "anchors", str(tmp_path / "chip.tif"),
+                                 "--source", server.url, "--alphaearth-cache", str(tmp_path / "cache"), "--output",
+                                 str(tmp_path / "chip.npz")], capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr
+        found = int(expected.mask.any(-1).sum())  # the tile's nodata corner covers some of the chip
+        assert 0 < found < 64 and f"{found} of 64 anchors with AlphaEarth data, years [2021]" in result.stdout
+        anchors = as_anchor_set(tmp_path / "chip.npz", anchor_dim=64)  # what the processor and the Space read
+        np.testing.assert_array_equal(anchors.values, expected.values)
+        (tmp_path / "scenes.jsonl").write_text("".join(json.dumps({"image": name, "caption": "a scene"}) + "\n"
+                                                       for name in ("chip.tif", "nowhere.tif")))
+        code = fusar_data(["build", "--jsonl", str(tmp_path / "scenes.jsonl"), "--alphaearth", server.url,
+                           "--alphaearth-cache", str(tmp_path / "cache"), "--tasks", "caption", "--split", "train",
+                           "--output", str(tmp_path / "data")])
+    assert code == 0
+    rows = {row["scene_id"]: row for row in load_triplet_dataset(str(tmp_path / "data"))["train"]}
+    assert any(any(m) for m in rows["chip"]["anchor_mask"]) and not any(any(m) for m in rows["nowhere"]["anchor_mask"])
+    assert "no AlphaEarth data under the footprint" in rows["nowhere"]["source"]  # said, not an error
