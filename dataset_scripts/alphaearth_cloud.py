@@ -20,10 +20,13 @@ level covers what would be hundreds of full-resolution blocks.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import threading
+import uuid
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -57,12 +60,19 @@ class HttpOptions:
 
 class BlockCache:
     """Decoded blocks as `.npy` files under `folder`, at most `max_bytes` in all (the least recently used go first);
-    each written to a temporary name and renamed, so that a stop never leaves a half-written block to be trusted."""
+    each written to a temporary name of its own and renamed, so that a stop never leaves a half-written block to be
+    trusted, and readers in several threads or processes never write over each other."""
 
     def __init__(self, folder, max_bytes: int):
         self.folder, self.max_bytes = Path(folder), max_bytes
         self.folder.mkdir(parents=True, exist_ok=True)
         self.used = sum(p.stat().st_size for p in self.folder.glob("*.npy"))
+        self.lock = threading.Lock()
+
+    def _write(self, path: Path, data: bytes) -> None:
+        temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
 
     def path(self, key: str, suffix: str = ".npy") -> Path:
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}{suffix}"
@@ -74,10 +84,7 @@ class BlockCache:
             return None
 
     def put_header(self, key: str, header: dict) -> None:
-        path = self.path(key, ".json")
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(header))
-        os.replace(temporary, path)
+        self._write(self.path(key, ".json"), json.dumps(header).encode())
 
     def get(self, key: str) -> np.ndarray | None:
         path = self.path(key)
@@ -94,15 +101,26 @@ class BlockCache:
         data = buffer.getvalue()
         if len(data) > self.max_bytes:
             return
-        while self.used + len(data) > self.max_bytes:
-            oldest = min(self.folder.glob("*.npy"), key=lambda p: p.stat().st_mtime)
-            self.used -= oldest.stat().st_size
+        with self.lock:
+            while self.used + len(data) > self.max_bytes and self._evict_oldest():
+                pass
+            self.used += len(data)
+        self._write(self.path(key), data)
+
+    def _evict_oldest(self) -> bool:
+        """Delete the least recently used block (another process may be deleting too); False when none is left."""
+        blocks = []
+        for path in self.folder.glob("*.npy"):
+            with contextlib.suppress(FileNotFoundError):
+                blocks.append((path.stat().st_mtime, path.stat().st_size, path))
+        if not blocks:
+            self.used = 0
+            return False
+        _, size, oldest = min(blocks)
+        with contextlib.suppress(FileNotFoundError):
             oldest.unlink()
-        path = self.path(key)
-        temporary = path.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-        self.used += len(data)
+        self.used -= size
+        return True
 
 
 def gdal_path(location: str) -> str:
@@ -128,9 +146,7 @@ def read_index(location: str, timeout: float, cache: BlockCache) -> dict[str, np
             kept = cache.path(location, ".parquet")
             if not kept.is_file():
                 with urllib.request.urlopen(location, timeout=timeout) as response:
-                    temporary = kept.with_suffix(f".{os.getpid()}.tmp")
-                    temporary.write_bytes(response.read())
-                os.replace(temporary, kept)
+                    cache._write(kept, response.read())
             table = pq.read_table(kept)
         else:
             table = pq.read_table(location)

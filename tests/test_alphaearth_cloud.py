@@ -177,3 +177,21 @@ def test_the_commands_take_the_cloud_source(release, tmp_path, capsys):
     rows = {row["scene_id"]: row for row in load_triplet_dataset(str(tmp_path / "data"))["train"]}
     assert any(any(m) for m in rows["chip"]["anchor_mask"]) and not any(any(m) for m in rows["nowhere"]["anchor_mask"])
     assert "no AlphaEarth data under the footprint" in rows["nowhere"]["source"]  # said, not an error
+
+
+def test_many_readers_share_one_cache_and_it_stays_within_its_budget(release, tmp_path):
+    """Eight threads over the same blocks (a build with parallel readers), then a cache too small for all of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    chips = [footprint(LEFT + 100 + 37 * i, TOP - 100, 150) for i in range(16)]
+    expected = [sample_anchors(AlphaEarthTiles(release), chip, 2021).values for chip in chips]
+    with serve(release) as server:
+        source = cloud(server, tmp_path)
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda chip: sample_anchors(source, chip, 2021).values, chips))
+        assert all(np.array_equal(a, b) for a, b in zip(got, expected))
+        assert not list((tmp_path / "cache").glob("*.tmp"))
+        small = cloud(server, tmp_path / "small", cache_bytes=3 * 2**20)  # about three blocks
+        for _ in range(2):  # the second pass evicts what the first kept
+            sample_anchors(small, footprint(LEFT + 100, TOP - 100, 2500), 2021, grid_size=128)
+        assert sum(p.stat().st_size for p in (tmp_path / "small" / "cache").glob("*.npy")) <= 3 * 2**20
