@@ -28,8 +28,9 @@ def build(checkpoint: str = DEFAULT_CHECKPOINT) -> gr.Blocks:
                 image = gr.File(label="SAR image (PNG, JPEG or GeoTIFF)", file_types=[".png", ".jpg", ".jpeg", ".tif", ".tiff"],
                                 elem_id="image")
                 npz = gr.File(label="Anchors (the authors' .npz or .npy), optional", file_types=[".npz", ".npy"])
-                tiles = gr.Textbox(label="or a folder of AlphaEarth tiles under the server's FUSAR_TILES_ROOT "
-                                         "(for a georeferenced GeoTIFF)", value="")
+                tiles = gr.Textbox(label="or, for a georeferenced GeoTIFF, a folder of AlphaEarth tiles under the "
+                                         "server's FUSAR_TILES_ROOT, or 'release' for the server's AlphaEarth release",
+                                   value="")
                 task = gr.Dropdown(list(TASKS), value=list(TASKS)[0], label="Task")
                 question = gr.Textbox(label="or your own question", elem_id="question")
                 ask = gr.Button("Ask", variant="primary", elem_id="ask")

@@ -102,6 +102,18 @@ def read_anchors(scene, npz=None, tiles=None):
             return as_anchor_set(checked_file(npz), anchor_dim=64)
         except ValueError as error:
             raise UserError(f"The anchor file is not usable: {str(error).replace(str(npz), Path(npz).name)}") from error
+    if tiles == "release":  # the server's AlphaEarth release (a URL or folder the server names, never the visitor)
+        from dataset_scripts.alphaearth_cloud import open_source
+
+        if not os.environ.get("FUSAR_ALPHAEARTH_SOURCE"):
+            raise UserError("This server names no AlphaEarth release (FUSAR_ALPHAEARTH_SOURCE).")
+        if scene.footprint is None or scene.year is None:
+            raise UserError("Anchors from the release need a georeferenced GeoTIFF with a known acquisition year.")
+        try:
+            source = open_source(os.environ["FUSAR_ALPHAEARTH_SOURCE"], os.environ.get("FUSAR_ALPHAEARTH_INDEX"))
+            return sample_anchors(source, scene.footprint, scene.year)
+        except ValueError as error:
+            raise UserError("The AlphaEarth release could not be read for this scene.") from error
     if tiles:
         root = os.environ.get("FUSAR_TILES_ROOT")
         folder = Path(root or "/nonexistent", tiles).resolve()

@@ -54,6 +54,38 @@ def test_a_georeferenced_geotiff_with_alphaearth_tiles(checkpoint, monkeypatch):
     assert message == "Answered with 64 anchors." and isinstance(answer, str) and heat is not None
 
 
+def test_anchors_from_the_servers_alphaearth_release(checkpoint, monkeypatch, tmp_path):
+    """'release' reads the AlphaEarth release the server names (here the simulated tiles with an index, over HTTP):
+    the same anchors, so the same heat map, as the tiles folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import rasterio
+    from rasterio.warp import transform_bounds
+
+    from range_server import serve
+
+    path, raw = checkpoint
+    scene = str(sorted((raw / "sar").glob("*.tif"))[0])
+    assert "names no AlphaEarth release" in fusar_demo.run(path, scene, None, "release", "Count ships", "")[3]
+    release = tmp_path / "annual"  # served like the mirror's .../aef/v1/annual, its index beside the years
+    shutil.copytree(raw / "alphaearth" / "satellite_embedding" / "v1" / "annual", release)
+    rows = []
+    for tile in sorted(release.rglob("*.tiff")):
+        with rasterio.open(tile) as dataset:
+            west, south, east, north = transform_bounds(dataset.crs, "EPSG:4326", *dataset.bounds)
+        rows.append({"path": str(tile.relative_to(release)), "year": int(tile.parts[-3]),
+                     "wgs84_west": west, "wgs84_south": south, "wgs84_east": east, "wgs84_north": north})
+    pq.write_table(pa.Table.from_pylist(rows), release / "aef_index.parquet")
+    monkeypatch.setenv("FUSAR_TILES_ROOT", str(raw))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    expected = fusar_demo.run(path, scene, None, "alphaearth", "Count ships", "")
+    with serve(release) as server:
+        monkeypatch.setenv("FUSAR_ALPHAEARTH_SOURCE", server.url)
+        got = fusar_demo.run(path, scene, None, "release", "Count ships", "")
+    assert got[3] == expected[3] == "Answered with 64 anchors."
+    assert np.array_equal(np.asarray(got[2]), np.asarray(expected[2]))
+
+
 def test_boxes_are_drawn_from_a_detection_answer():
     image = Image.new("RGB", (50, 50))
     drawn = np.asarray(fusar_demo.draw_boxes(image, 'Found: [{"bbox_2d": [10, 10, 30, 30], "label": "ship"}]'))
