@@ -195,3 +195,30 @@ def test_many_readers_share_one_cache_and_it_stays_within_its_budget(release, tm
         for _ in range(2):  # the second pass evicts what the first kept
             sample_anchors(small, footprint(LEFT + 100, TOP - 100, 2500), 2021, grid_size=128)
         assert sum(p.stat().st_size for p in (tmp_path / "small" / "cache").glob("*.npy")) <= 3 * 2**20
+
+
+def test_a_corrupt_block_or_a_lost_network_is_a_clear_error_per_chip(release, tmp_path):
+    import shutil
+
+    chip = footprint(LEFT + 300, TOP - 300, 150)
+    damaged = tmp_path / "damaged"
+    shutil.copytree(release, damaged)
+    tile = damaged / "2021" / "31N" / "tile0.tiff"
+    data = bytearray(tile.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 4096] = bytes(4096)  # zeros in the middle of the compressed blocks
+    tile.write_bytes(bytes(data))
+    with serve(damaged) as server:
+        source = cloud(server, tmp_path / "a")
+        failures = 0
+        for row in range(4):  # one chip in each of the tile's 4 x 4 blocks: some land on the damaged one
+            for col in range(4):
+                try:
+                    sample_anchors(source, footprint(LEFT + 500 + col * 1280, TOP - 500 - row * 1280, 150), 2021)
+                except ValueError as error:
+                    assert "tile0.tiff: cannot read this AlphaEarth file" in str(error)
+                    failures += 1
+        assert failures
+    with serve(release) as server:
+        source = cloud(server, tmp_path / "b")  # the index is read (and kept); then the network goes
+    with pytest.raises(ValueError, match="tile0.tiff: cannot read this AlphaEarth file"):
+        sample_anchors(source, chip, 2021)
