@@ -50,7 +50,8 @@ def command(prog: str):
             try:
                 return main(argv) or 0
             except KeyboardInterrupt:
-                print(f"{prog}: interrupted; run the same command again to resume", file=sys.stderr)
+                print(f"{prog}: interrupted (README, Failure behaviour: what each command keeps and how to go on)",
+                      file=sys.stderr)
                 return 130
             except Exception as error:
                 if os.environ.get("FUSAR_TRACEBACK"):

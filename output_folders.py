@@ -7,6 +7,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 # Patterns of relative paths; a folder's path ends with "/".
@@ -31,9 +32,14 @@ def foreign_entries(folder: Path, owned: tuple[str, ...]) -> list[str]:
     return sorted(foreign)
 
 
-def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: str, flag: str = "--overwrite") -> bool:
+RUN_MARKERS = ("fusar_run.json", "stage1", "stage2", "stage1-model")  # a model folder alone is not a run
+
+
+def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: str, flag: str = "--overwrite",
+                      markers: tuple[str, ...] = (), inputs=()) -> bool:
     """Whether `folder` holds something to replace (False: absent or empty). Raises ValueError, naming the folder and
-    what is in the way, unless `overwrite` is given and every entry is one that `tool` writes (`owned` patterns)."""
+    what is in the way, unless `overwrite` is given, every entry is one that `tool` writes (`owned` patterns), one of
+    `markers` (if any) is there, and none of the `inputs` paths is the folder, inside it or around it."""
     folder = Path(folder)
     if not folder.exists():
         return False
@@ -43,6 +49,13 @@ def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: 
         return False
     if not overwrite:
         raise ValueError(f"{folder} exists and is not empty; choose another output folder or pass {flag} to replace it")
+    for path in map(Path, inputs):
+        if path.exists() and (path.resolve().is_relative_to(folder.resolve())
+                              or folder.resolve().is_relative_to(path.resolve())):
+            raise ValueError(f"will not replace {folder}: it holds this run's input {path}; choose another output folder")
+    if markers and not any((folder / marker).exists() for marker in markers):
+        raise ValueError(f"will not replace {folder}: it is not a folder {tool} wrote (none of {', '.join(markers)} is "
+                         "there); choose another output folder")
     foreign = foreign_entries(folder, owned)
     if foreign:
         shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
@@ -52,11 +65,10 @@ def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: 
 
 
 def replace_folder(new: Path, target: Path) -> None:
-    """Put the finished folder `new` at `target`. An old `target` is moved aside to `<target>.old` first and deleted
-    last: a stop at any moment leaves the new folder, or the old one at one of those two places."""
-    aside = target.with_name(target.name + ".old")
-    if aside.exists():
-        shutil.rmtree(aside)
+    """Put the finished folder `new` at `target`. An old `target` is moved aside to a name of its own first and
+    deleted last: a stop at any moment leaves the new folder, or the old one at one of those two places; nothing
+    that was there before this call is deleted but the old `target`."""
+    aside = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:12]}")
     if target.exists():
         os.replace(target, aside)
     os.replace(new, target)

@@ -31,7 +31,7 @@ from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.schema import FEATURES, TASKS
 from evaluate_bench import row_anchors
 from modeling_fusar import FusarForConditionalGeneration
-from output_folders import RUN_FILES, check_replaceable
+from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable
 from processing import FusarProcessor
 from processing.anchors import collate_anchor_sets
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
@@ -164,12 +164,11 @@ def trains_anchor_module(stage: int, args: FusarArguments) -> bool:
 def parameters_sharded() -> bool:
     """FSDP or DeepSpeed ZeRO-3: every process holds a shard of each weight, so a model is saved through the Trainer
     (which gathers the whole weights) and handed from one stage to the next through the files it writes."""
-    from accelerate import PartialState
-    from accelerate.utils import DistributedType
+    from transformers.integrations import is_deepspeed_zero3_enabled
 
-    kind = PartialState().distributed_type
-    zero3 = kind == DistributedType.DEEPSPEED and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    return kind == DistributedType.FSDP or zero3
+    # Read from the launch (accelerate sets these before any Accelerator exists), not from the PartialState.
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true" or is_deepspeed_zero3_enabled() or \
+        os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
 
 
 def save_result(trainer, model, processor, folder: Path) -> None:
@@ -241,9 +240,12 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     lora = peft_config(model, stage, args, model_args)
     if lora is None:
         set_trainable(model, stage, args)
-    if args.vision_feature_cache_gb > 0:  # in use only while the image encoder is frozen (checked at every batch)
+    # In use only while the image encoder is frozen (checked at every batch); never when weights are sharded, where
+    # each vision block's forward is a collective that every process must run together.
+    if args.vision_feature_cache_gb > 0 and not parameters_sharded():
         model.enable_vision_feature_cache(memory_bytes=int(args.vision_feature_cache_gb * 2**30),
-                                          disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30))
+                                          disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30),
+                                          folder=stage_args.output_dir)
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
                          data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
     if lora is not None and not trains_anchor_module(stage, args):
@@ -280,7 +282,8 @@ def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
             check_explicit_checkpoint(resume, output, args.stage)
         return
     if check_replaceable(output, overwrite=args.overwrite_output_dir, owned=RUN_FILES, tool="fusar-train",
-                         flag="--resume_from_checkpoint true to continue it, or --overwrite_output_dir true"):
+                         flag="--resume_from_checkpoint true to continue it, or --overwrite_output_dir true",
+                         markers=RUN_MARKERS, inputs=[args.model, args.dataset_name]):
         shutil.rmtree(output)  # the old run's weights, checkpoints and stage-1 model must not outlive it
 
 

@@ -74,10 +74,14 @@ class Footprint:
         xs, ys = self.transform @ (cols, rows)
         return np.asarray(xs, dtype=np.float64), np.asarray(ys, dtype=np.float64)
 
-    def width_m(self) -> float:
-        """The image's width on the ground, in metres (a degree of latitude is ~111.32 km)."""
-        pixel = abs(self.transform.a)
-        return self.width * pixel * (111_320 if self.crs.is_geographic else self.crs.linear_units_factor[1])
+    def size_m(self) -> tuple[float, float]:
+        """(width, height) on the ground in metres (geographic: a degree of latitude is ~111.32 km, of longitude that
+        times the cosine of the latitude)."""
+        width, height = self.width * abs(self.transform.a), self.height * abs(self.transform.e)
+        if not self.crs.is_geographic:
+            return width * self.crs.linear_units_factor[1], height * self.crs.linear_units_factor[1]
+        latitude = np.radians(self.transform.f + self.transform.e * self.height / 2)
+        return width * 111_320 * np.cos(latitude), height * 111_320
 
     def lonlat_bounds(self) -> tuple[float, float, float, float]:
         """(lon_min, lat_min, lon_max, lat_max) of the image's outline."""
@@ -194,7 +198,7 @@ def sample_anchors(source, footprint: Footprint, years, grid_size: int = 8) -> A
     years = [int(y) for y in ([years] if np.isscalar(years) else years)]
     positions = grid_positions(grid_size)
     xs, ys = footprint.points(positions)
-    spacing = footprint.width_m() / grid_size
+    spacing = min(footprint.size_m()) / grid_size  # the closer anchors decide how coarse a read may be
     values = np.stack([source.read(year, footprint.crs, xs, ys, spacing_m=spacing) for year in years], axis=1)
     mask = np.isfinite(values).all(-1)
     return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions, mask, years)

@@ -4,7 +4,7 @@ and every block read is kept in a bounded on-disk cache, so that a build over ma
 block once.
 
     AlphaEarthCloud("https://data.source.coop/tge-labs/aef/v1/annual")   # the public mirror (index beside it)
-    AlphaEarthCloud("s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual")
+    AlphaEarthCloud("s3://us-west-2.opendata.source.coop/tge-labs/aef/v1/annual", index="aef_index.parquet")
     AlphaEarthCloud("gs://alphaearth_foundations/satellite_embedding/v1/annual", index="aef_index.parquet")
     AlphaEarthCloud("/data/aef")                                         # a local copy with its index
 
@@ -54,8 +54,9 @@ class HttpOptions:
     def gdal(self) -> dict:
         return {"GDAL_HTTP_TIMEOUT": max(1, round(self.timeout)), "GDAL_HTTP_MAX_RETRY": self.retries,
                 "GDAL_HTTP_RETRY_DELAY": self.retry_delay, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-                "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff", "GDAL_HTTP_RETRY_CODES": "ALL",
-                "CPL_VSIL_CURL_NON_CACHED": ""}
+                "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff", "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+                # GDAL would remember a failed file for the life of the process; our block cache holds what was read.
+                "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
 
 
 class BlockCache:
@@ -69,10 +70,20 @@ class BlockCache:
         self.used = sum(p.stat().st_size for p in self.folder.glob("*.npy"))
         self.lock = threading.Lock()
 
+    def __getstate__(self):  # sent to the worker processes of a parallel build: a lock does not travel
+        return {k: v for k, v in vars(self).items() if k != "lock"}
+
+    def __setstate__(self, state):
+        vars(self).update(state, lock=threading.Lock())
+
     def _write(self, path: Path, data: bytes) -> None:
+        """Written whole or not at all; a cache that cannot be written (full disk, read-only) is only slower."""
         temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        try:
+            temporary.write_bytes(data)
+            os.replace(temporary, path)
+        except OSError:
+            temporary.unlink(missing_ok=True)
 
     def path(self, key: str, suffix: str = ".npy") -> Path:
         return self.folder / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}{suffix}"
@@ -90,9 +101,9 @@ class BlockCache:
         path = self.path(key)
         try:
             block = np.load(path, allow_pickle=False)
-        except (OSError, ValueError):  # absent, or damaged outside our control: read again
+            os.utime(path)  # recently used
+        except (OSError, ValueError):  # absent, evicted meanwhile, or damaged outside our control: read again
             return None
-        os.utime(path)  # recently used
         return block
 
     def put(self, key: str, block: np.ndarray) -> None:
@@ -144,10 +155,13 @@ def read_index(location: str, timeout: float, cache: BlockCache) -> dict[str, np
     try:
         if location.startswith(("http://", "https://")):
             kept = cache.path(location, ".parquet")
-            if not kept.is_file():
+            if kept.is_file():
+                table = pq.read_table(kept)
+            else:
                 with urllib.request.urlopen(location, timeout=timeout) as response:
-                    cache._write(kept, response.read())
-            table = pq.read_table(kept)
+                    data = response.read()
+                table = pq.read_table(io.BytesIO(data))  # kept only once it parses (not a proxy's error page)
+                cache._write(kept, data)
         else:
             table = pq.read_table(location)
     except Exception as error:  # network, missing, not parquet: the index is needed for anything

@@ -35,7 +35,10 @@ class VisionFeatureCache:
         self.on_disk: dict[str, tuple[int, tuple[int, ...], torch.dtype]] = {}
         self.memory_used = self.disk_used = 0
         self.hits = self.misses = 0
+        if folder is not None:
+            Path(folder).mkdir(parents=True, exist_ok=True)
         self.folder = Path(tempfile.mkdtemp(prefix="fusar-vision-cache-", dir=folder))
+        self.disk_bytes = min(disk_bytes, shutil.disk_usage(self.folder).free // 2)  # never fill the disk
         self.file = open(self.folder / "features.bin", "w+b")
 
     def fingerprint(self) -> str:
@@ -78,9 +81,13 @@ class VisionFeatureCache:
             self.in_memory[key] = features.to("cpu", copy=True)
             self.memory_used += size
         elif self.disk_used + size <= self.disk_bytes:
-            self.file.seek(self.disk_used)
-            self.file.write(tensor_bytes(features))
-            self.file.flush()
+            try:
+                self.file.seek(self.disk_used)
+                self.file.write(tensor_bytes(features))
+                self.file.flush()
+            except OSError:  # the disk filled up after all: keep what is there, write no more
+                self.disk_bytes = self.disk_used
+                return
             self.on_disk[key] = (self.disk_used, tuple(features.shape), features.dtype)
             self.disk_used += size
         # beyond both budgets: not kept, computed again next time

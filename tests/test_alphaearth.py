@@ -171,3 +171,16 @@ def test_points_outside_a_float_export_are_masked(tmp_path):
         dataset.write(np.ones((64, 10, 10), np.float32))
     far = Footprint(rasterio.crs.CRS.from_epsg(32631), from_origin(600_000, 5_000_000, 10, 10), 20, 20)
     assert not sample_anchors(AlphaEarthGeoTIFF(tmp_path / "export.tif", 2020), far, 2020, grid_size=2).mask.any()
+
+
+def test_the_anchor_spacing_comes_from_the_shorter_side_on_the_ground():
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    from dataset_scripts.alphaearth import Footprint
+
+    strip = Footprint(CRS.from_epsg(32631), from_origin(500_000, 5_000_000, 10, 10), 60, 1000)  # 10 km x 0.6 km
+    assert strip.size_m() == (10_000, 600)
+    arctic = Footprint(CRS.from_epsg(4326), from_origin(10.0, 60.01, 0.001, 0.001), 20, 20)  # around 60 N
+    width, height = arctic.size_m()
+    assert abs(width / height - 0.5) < 0.01  # a degree of longitude is half as long there

@@ -191,6 +191,10 @@ def test_many_readers_share_one_cache_and_it_stays_within_its_budget(release, tm
             got = list(pool.map(lambda chip: sample_anchors(source, chip, 2021).values, chips))
         assert all(np.array_equal(a, b) for a, b in zip(got, expected))
         assert not list((tmp_path / "cache").glob("*.tmp"))
+        import pickle
+
+        copy = pickle.loads(pickle.dumps(source))  # as a parallel build sends it to its worker processes
+        assert np.array_equal(sample_anchors(copy, chips[0], 2021).values, expected[0])
         small = cloud(server, tmp_path / "small", cache_bytes=3 * 2**20)  # about three blocks
         for _ in range(2):  # the second pass evicts what the first kept
             sample_anchors(small, footprint(LEFT + 100, TOP - 100, 2500), 2021, grid_size=128)

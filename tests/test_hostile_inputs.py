@@ -93,10 +93,13 @@ def test_a_dataset_it_wrote_is_replaced_only_with_overwrite(tmp_path, capsys):
     assert in_process(fusar_data, capsys, "build", "--jsonl", scenes, "--output", tmp_path / "out")[0] == 0
     refused(in_process(fusar_data, capsys, "build", "--jsonl", scenes, "--output", tmp_path / "out"), "fusar-data",
             "pass --overwrite to replace it")
+    (tmp_path / "out.old").mkdir()  # the user's own folder of that name is not the tool's to delete
+    (tmp_path / "out.old" / "notes.txt").write_text("mine")
     code, _ = in_process(fusar_data, capsys, "build", "--jsonl", scenes, "--output", tmp_path / "out", "--overwrite",
                          "--grid-size", "2")
     assert code == 0 and sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "data"]
-    assert not (tmp_path / "out.old").exists() and not (tmp_path / "out.partial").exists()
+    assert (tmp_path / "out.old" / "notes.txt").read_text() == "mine" and not (tmp_path / "out.partial").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.old")]
 
 
 def test_a_training_run_is_never_overwritten_or_mixed_with_an_old_one(tmp_path, capsys):
@@ -113,6 +116,16 @@ def test_a_training_run_is_never_overwritten_or_mixed_with_an_old_one(tmp_path, 
                        "false", "--overwrite_output_dir", "true"), "fusar-train", "notes.txt/")
     assert snapshot(run) == before
     shutil.rmtree(run / "notes.txt")
+    # A folder of model files is not a run (no fusar_run.json, no stage folders), and a run's input is never deleted.
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights")
+    refused(in_process(train_sft.cli, capsys, "--dataset_name", tmp_path / "nowhere", "--output_dir", model, "--bf16",
+                       "false", "--overwrite_output_dir", "true"), "fusar-train", "it is not a folder fusar-train wrote")
+    refused(in_process(train_sft.cli, capsys, "--model", run, "--dataset_name", tmp_path / "nowhere", "--output_dir",
+                       run, "--bf16", "false", "--overwrite_output_dir", "true"), "fusar-train", "this run's input")
+    assert (model / "model.safetensors").exists() and snapshot(run) == before
     # Allowed to replace it: the old run (its stage-1 model too) is gone before the new run starts.
     refused(in_process(train_sft.cli, capsys, "--dataset_name", tmp_path / "nowhere", "--output_dir", run, "--bf16",
                        "false", "--overwrite_output_dir", "true"), "fusar-train", "cannot load it as a dataset")

@@ -303,6 +303,8 @@ def test_a_sharded_run_saves_through_the_trainer_and_hands_over_through_files(si
     monkeypatch.setattr(train_sft.FusarSFTTrainer, "save_model",
                         lambda self, folder=None, *rest, **kw: saves.append(folder) or save_model(self, folder, *rest, **kw))
     monkeypatch.setattr(train_sft, "parameters_sharded", lambda: True)
+    monkeypatch.setattr(train_sft.FusarForConditionalGeneration, "enable_vision_feature_cache",
+                        lambda *a, **k: pytest.fail("no feature cache with sharded weights (collectives must pair up)"))
     sharded = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "sharded")))
     assert saves == [str(tmp_path / "sharded" / "stage1-model"), str(tmp_path / "sharded")]
     expected = AutoModelForImageTextToText.from_pretrained(plain).state_dict()
