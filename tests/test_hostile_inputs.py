@@ -161,6 +161,11 @@ def test_a_cut_short_checkpoint_is_skipped_for_the_one_before(tmp_path, capsys):
     assert latest_whole_checkpoint(tmp_path) == str(tmp_path / "checkpoint-1")
     err = capsys.readouterr().err
     assert "skipping" in err and "checkpoint-3" in err and "model.safetensors is cut short" in err
+    shard = tmp_path / "checkpoint-1" / "global_step1" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    shard.parent.mkdir()
+    shard.write_bytes(b"PK\x03\x04 cut short")  # DeepSpeed's optimizer shards live one folder down
+    assert latest_whole_checkpoint(tmp_path) is None
+    assert "global_step1/zero_pp_rank_0_mp_rank_00_optim_states.pt is cut short" in capsys.readouterr().err
 
 
 # Silent wrong results

@@ -24,15 +24,15 @@ def problem_with(checkpoint: Path) -> str | None:
         return "no readable trainer_state.json (written last: the save did not finish)"
     from safetensors import SafetensorError, safe_open
 
-    for path in sorted(checkpoint.iterdir()):
+    for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):  # DeepSpeed / FSDP keep shards in subfolders
         try:
             if path.suffix == ".safetensors":
                 with safe_open(str(path), "pt"):
                     pass
             elif path.suffix in (".pt", ".pth", ".bin") and not zipfile.is_zipfile(path):
-                return f"{path.name} is cut short or corrupt"
+                return f"{path.relative_to(checkpoint)} is cut short or corrupt"
         except (SafetensorError, OSError) as error:
-            return f"{path.name} is cut short or corrupt ({error})"
+            return f"{path.relative_to(checkpoint)} is cut short or corrupt ({error})"
     return None
 
 
