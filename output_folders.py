@@ -16,6 +16,7 @@ RUN_FILES = (  # what fusar-train writes: checkpoints, weights, code, processor,
     "stage1/*", "stage2/*", "stage1-model/*", "runs/*",
     "*.json", "*.safetensors", "*.bin", "*.py", "*.jinja", "*.txt", "*.model", "*.png", "README.md", ".gitattributes",
 )
+RUN_MARKERS = ("fusar_run.json", "stage1", "stage2", "stage1-model")  # a model folder alone is not a run
 
 
 def foreign_entries(folder: Path, owned: tuple[str, ...]) -> list[str]:
@@ -30,9 +31,6 @@ def foreign_entries(folder: Path, owned: tuple[str, ...]) -> list[str]:
                 foreign.append(relative)
         folders[:] = [f for f in folders if (Path(root) / f).relative_to(folder).as_posix() + "/" not in foreign]
     return sorted(foreign)
-
-
-RUN_MARKERS = ("fusar_run.json", "stage1", "stage2", "stage1-model")  # a model folder alone is not a run
 
 
 def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: str, flag: str = "--overwrite",

@@ -157,6 +157,10 @@ def stage_tasks(stage: int, args: FusarArguments) -> tuple[str, ...]:
     return tuple(tasks)
 
 
+def planned_stages(args: FusarArguments) -> tuple[int, ...]:
+    return (1, 2) if args.stage == "both" else (int(args.stage),)
+
+
 def trains_anchor_module(stage: int, args: FusarArguments) -> bool:
     return args.use_anchors and (stage == 1 or args.stage2_train_anchor_module)
 
@@ -295,7 +299,7 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
     model, processor = load_model(args, dataset, model_args)
-    stages = (1, 2) if args.stage == "both" else (int(args.stage),)
+    stages = planned_stages(args)
     check_plan(stages, model, dataset, args, model_args)
     output = Path(training_args.output_dir)
     history = []

@@ -186,6 +186,7 @@ class AlphaEarthCloud:
         self.http = http or HttpOptions()
         folder = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusar-gpt" / "alphaearth"
         self.cache = BlockCache(folder, cache_bytes)
+        self.headers: dict[str, dict] = {}  # read from the cache (or the file) once per process
         self.index_location = index or f"{self.source}/aef_index.parquet"
         self.index = read_index(self.index_location, self.http.timeout, self.cache)
 
@@ -230,7 +231,7 @@ class AlphaEarthCloud:
         """What reading a level of a file needs from its header, from the cache when it was read before (a build
         whose blocks are all cached then fetches nothing at all)."""
         key = f"{location}@{level}"
-        header = self.cache.get_header(key)
+        header = self.headers.get(key) or self.cache.get_header(key)
         if header is None:
             with self._open(location, level) as dataset:
                 if dataset.count != DIM or dataset.dtypes[0] != "int8":
@@ -240,6 +241,7 @@ class AlphaEarthCloud:
                           "width": dataset.width, "height": dataset.height, "block": list(dataset.block_shapes[0]),
                           "overviews": dataset.overviews(1), "units": dataset.crs.linear_units_factor[1]}
             self.cache.put_header(key, header)
+        self.headers[key] = header
         return header
 
     def _points(self, location: str, level: int | None, crs: CRS, xs, ys) -> np.ndarray:

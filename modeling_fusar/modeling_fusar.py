@@ -168,8 +168,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
     def enable_vision_feature_cache(self, **budgets) -> VisionFeatureCache:
         """Cache each image's encoder features while the image encoder (all but the language model and its head)
         does not train; `budgets`: `memory_bytes`, `disk_bytes`, `folder`. `disable_vision_feature_cache()` ends it."""
-        language = [*self.vlm.get_decoder().parameters(), *self.vlm.get_output_embeddings().parameters()]
-        encoder = [p for p in self.vlm.parameters() if all(p is not q for q in language)]
+        language = {id(p) for module in (self.vlm.get_decoder(), self.vlm.get_output_embeddings())
+                    for p in module.parameters()}
+        encoder = [p for p in self.vlm.parameters() if id(p) not in language]
         self.disable_vision_feature_cache()
         self.vision_feature_cache = VisionFeatureCache(encoder, **budgets)
         return self.vision_feature_cache

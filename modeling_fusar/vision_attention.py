@@ -22,18 +22,17 @@ import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+try:
+    from torch.nn.attention.varlen import varlen_attn
+except ImportError:  # a torch without it: the exact fallback everywhere
+    varlen_attn = None
+
 VARLEN = "fusar_varlen_flash"
 
 
 def varlen_kernel_usable(query: torch.Tensor) -> bool:
     """PyTorch's varlen flash attention runs on CUDA, in fp16 / bf16."""
-    if not query.is_cuda or query.dtype not in (torch.float16, torch.bfloat16):
-        return False
-    try:
-        from torch.nn.attention.varlen import varlen_attn  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return varlen_attn is not None and query.is_cuda and query.dtype in (torch.float16, torch.bfloat16)
 
 
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, cu_seq_lens_q=None,
@@ -44,8 +43,6 @@ def varlen_attention(module, query, key, value, attention_mask=None, scaling=Non
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       is_causal=is_causal, **kwargs)
     if varlen_kernel_usable(query) and not dropout:
-        from torch.nn.attention.varlen import varlen_attn
-
         q, k, v = (tensor[0].transpose(0, 1) for tensor in (query, key, value))  # [tokens, heads, dim]
         output = varlen_attn(q, k, v, cu_seq_lens_q.to(torch.int32), cu_seq_lens_k.to(torch.int32), int(max_length_q),
                              int(max_length_k), scale=scaling)

@@ -56,8 +56,8 @@ def processor_class_name(name_or_path: str, **hub_options) -> str:
         return json.loads(Path(path).read_text()) if path else {}
 
     for filename in ("processor_config.json", "preprocessor_config.json"):
-        if read(filename).get("processor_class"):
-            return read(filename)["processor_class"]
+        if named := read(filename).get("processor_class"):
+            return named
     model_type = read("config.json").get("model_type")
     if model_type in PROCESSOR_MAPPING_NAMES:
         return PROCESSOR_MAPPING_NAMES[model_type]

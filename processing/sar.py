@@ -25,6 +25,7 @@ MAX_IMAGE_BYTES = 4 * 2**30  # default memory budget of one conversion; FUSAR_MA
 QUAD_ORDER = ("HH", "HV", "VH", "VV")
 CLIP_PERCENTILES = (2.0, 98.0)
 GEOTIFF_SUFFIXES = (".tif", ".tiff")
+RADAR_PIL_MODES = ("I;16", "I;16B", "I;16L", "I", "F")  # 16-bit and float PIL images hold radar values
 
 
 def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None, nodata=None,
@@ -84,7 +85,7 @@ def check_image_memory(where: str, width: int, height: int, bytes_per_pixel: int
 
 def _pil_bytes_per_pixel(image: Image.Image) -> int:
     bands = len(image.getbands())
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # radar values
+    if image.mode in RADAR_PIL_MODES:
         return radar_bytes_per_pixel(bands, 4)
     return 2 * bands + 6  # the decoded image, its RGB copy and the array view
 
@@ -136,7 +137,7 @@ def _band_indexes(path, bands, descriptions, count) -> list[int]:
 
 def _from_pil(image: Image.Image, where: str, unit: str) -> Image.Image:
     """8-bit PIL modes are quicklooks (palette, CMYK, ... converted to RGB); 16-bit and float ones hold radar values."""
-    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if image.mode in RADAR_PIL_MODES:
         return Image.fromarray(_where(where, sar_to_uint8, np.asarray(image, dtype=np.float64)[None], unit=unit))
     if image.mode not in ("L", "RGB"):
         image = image.convert("RGB")

@@ -60,12 +60,12 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         metadata["datasets"] = [args.dataset_name]
     if args.model != "tiny" and not Path(args.model).exists():
         metadata["base_model"] = args.model
-    from train_sft import stage_tasks  # (train_sft imports this module at its top)
+    from train_sft import planned_stages, stage_tasks, trains_anchor_module  # (train_sft imports this module)
 
-    stages = (1, 2) if args.stage == "both" else (int(args.stage),)
+    stages = planned_stages(args)
     lora = (f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on every linear layer of the language model"
             if model_args.use_peft else "the whole language model (no PEFT)")
-    anchors_train = {1: args.use_anchors, 2: args.use_anchors and args.stage2_train_anchor_module}
+    anchors_train = {stage: trains_anchor_module(stage, args) for stage in (1, 2)}
     trains = {1: ["the anchor module"] * anchors_train[1] + [lora] * args.stage1_train_language_model,
               2: ["the anchor module"] * anchors_train[2] + [lora]}
     final_loss = [entry["loss"] for entry in history if "loss" in entry]
