@@ -13,18 +13,21 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
 from transformers import AutoModelForImageTextToText, AutoProcessor, set_seed
-from trl import TrlParser
 
 from command_line import command, positive_int
-from dataset_scripts.simulate import simulate
+from dataset_scripts.builder import split_of
+from dataset_scripts.simulate import check_outputs as check_simulation_outputs
+from dataset_scripts.simulate import scene_name, simulate
 from evaluate_bench import evaluate_checkpoint, generate_answers, score
-from train_sft import FusarArguments, ModelConfig, SFTConfig, load_model, load_triplets
+from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable, foreign_entries
+from train_sft import load_model, load_triplets, parse_arguments
 from train_sft import main as train
 from training.report import results_table, write_model_card
 
 CONFIG = Path(__file__).with_name("configs") / "tiny_cpu.yaml"
+MAIN_FILES = ("data/*", "data.raw/*", "data.partial/*", "data-scenes.txt", "fusar-tiny/*", "fusar-tiny-no-anchors/*",
+              "eval/*", "results.json", "results.md")
 SAR_TWINS = ("cropland", "grassland")  # the same backscatter: only the anchors tell them apart
 
 
@@ -38,33 +41,49 @@ def evaluate(model, processor, rows) -> dict[str, float]:
     return results
 
 
+def check_outputs(output: Path, runs: dict[str, Path], scenes: int) -> None:
+    """Everything the job would write, checked before it writes anything: a rerun replaces the job's own files only."""
+    foreign = foreign_entries(output, MAIN_FILES) if output.is_dir() else []
+    if foreign:
+        raise ValueError(f"{output} holds files that fusar-main does not write ({', '.join(foreign[:5])}); choose "
+                         "another --output")
+    check_simulation_outputs(output / "data", overwrite=True)
+    for folder in runs.values():
+        check_replaceable(folder, overwrite=True, owned=RUN_FILES, tool="fusar-train", markers=RUN_MARKERS)
+    if not any(split_of(scene_name(index)) == "test" for index in range(scenes)):
+        smallest = next(n for n in range(scenes, 10 * scenes + 100) if split_of(scene_name(n - 1)) == "test")
+        raise ValueError(f"--scenes {scenes}: too few for a held-out test split (scenes go to train / validation / "
+                         f"test by a hash of their id); use --scenes {smallest} or more")
+
+
 def run(argv=None) -> dict[str, dict[str, float]]:
     """The main job; returns the results table as {column: {task: accuracy}}."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="fusar-main", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+        epilog="Any other option goes to fusar-train for both training runs, e.g. --stage2_epochs 2 "
+               "(fusar-train --help lists them).")
     parser.add_argument("--output", default="outputs/main", help="folder for the data, checkpoints and report")
     parser.add_argument("--scenes", type=positive_int, default=300, help="simulated scenes (~5 rows each)")
     parser.add_argument("--config", default=str(CONFIG), help="training config (YAML)")
-    # Any other option (e.g. --stage2_epochs 1) goes to train_sft.py for both runs.
     args, overrides = parser.parse_known_args(argv)
     start, output = time.perf_counter(), Path(args.output)
     data = output / "data"
+    runs = {"FUSAR-GPT": output / "fusar-tiny", "same run, no anchors": output / "fusar-tiny-no-anchors"}
+    run_arguments = {name: parse_arguments([  # parsed first: a mistyped option stops the job before any work
+        "--config", args.config, "--dataset_name", str(data), "--output_dir", str(folder),
+        "--overwrite_output_dir", "true",  # a rerun of the main job retrains from scratch
+        *overrides, *(["--use_anchors", "false"] if "no anchors" in name else [])]) for name, folder in runs.items()}
+    check_outputs(output, runs, args.scenes)
     print(f"[1/4] simulated dataset ({args.scenes} scenes) -> {data}", flush=True)
     made_for = output / "data-scenes.txt"  # rebuild when asked for another number of scenes
     if not (data / "README.md").exists() or not made_for.exists() or made_for.read_text() != str(args.scenes):
         simulate(data, scenes=args.scenes, overwrite=True)
         made_for.write_text(str(args.scenes))
     rows = list(load_triplets(str(data))["test"])
-
-    runs = {"FUSAR-GPT": output / "fusar-tiny", "same run, no anchors": output / "fusar-tiny-no-anchors"}
     results = {}
     for number, (name, folder) in enumerate(runs.items()):
         print(f"[{2 + number}/4] training {name}: stage 1 (captions) then stage 2 (tasks) -> {folder}", flush=True)
-        options = ["--config", args.config, "--dataset_name", str(data), "--output_dir", str(folder),
-                   "--overwrite_output_dir", "true", *overrides]  # a rerun of the main job retrains from scratch
-        if "no anchors" in name:
-            options += ["--use_anchors", "false"]
-        fusar_args, training_args, model_args = TrlParser((FusarArguments, SFTConfig, ModelConfig)).parse_args_and_config(
-            args=options)
+        fusar_args, training_args, model_args = run_arguments[name]
         if number == 0:  # the same model before any training, built exactly as the run builds it
             set_seed(training_args.seed)
             untrained, processor = load_model(fusar_args, load_triplets(str(data)), model_args)

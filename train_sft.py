@@ -35,6 +35,7 @@ from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable
 from processing import FusarProcessor
 from processing.anchors import collate_anchor_sets
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
+from training.launch import check_data_parallel, machine_defaults
 from training.report import write_model_card, write_loss_curve
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
@@ -292,9 +293,8 @@ def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
 
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
-    from accelerate import PartialState
-
-    with PartialState().main_process_first():  # one process checks and clears the folder; the others then agree
+    check_data_parallel(training_args)
+    with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
         prepare_output_dir(args, training_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
@@ -339,13 +339,18 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     return output
 
 
+def parse_arguments(argv=None) -> tuple[FusarArguments, SFTConfig, ModelConfig]:
+    """fusar-train's flags and `--config` YAML keys, over defaults that run on this machine."""
+    parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
+    parser.set_defaults(**machine_defaults())  # a --config file's keys override these
+    return parser.parse_args_and_config(args=argv)
+
+
 @command("fusar-train")
 def cli(argv=None) -> None:
     """The `fusar-train` console script (and `accelerate launch train_sft.py`): exit status 0 after a finished run,
     2 with one line for a user's mistake."""
-    parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
-    args, training_args, model_args = parser.parse_args_and_config(args=argv)
-    main(args, training_args, model_args)
+    main(*parse_arguments(argv))
 
 
 if __name__ == "__main__":

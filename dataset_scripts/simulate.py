@@ -11,16 +11,18 @@ statistics but not their embeddings: questions about them need the anchors.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import rasterio
 from rasterio.transform import from_origin
 
-from .alphaearth import DIM, quantize
+from output_folders import DATASET_FILES, check_replaceable
+
+from .alphaearth import DIM, AlphaEarthTiles, quantize
 from .builder import BuildConfig, build
 from .inputs import from_jsonl
-from .alphaearth import AlphaEarthTiles
 from .tasks import plural
 
 # Typical C-band sigma0 in dB (VV, VH): approximate values as reported for Sentinel-1 over these covers.
@@ -39,6 +41,8 @@ SLOTS = 8  # scenes per side of one AlphaEarth tile
 YEARS = tuple(range(2018, 2025))
 ZONES = (31, 32)
 LICENSE = "cc-by-4.0"
+RAW_MARKER = "simulation.json"
+RAW_FILES = (RAW_MARKER, "scenes.jsonl", "sar/", "sar/*.tif", "alphaearth/", "alphaearth/*")
 
 
 def class_vectors(seed: int = 7) -> dict[str, np.ndarray]:
@@ -119,10 +123,32 @@ def describe(cover: np.ndarray, names: list[str], objects: list[dict]) -> tuple[
     return caption, questions
 
 
+def scene_name(index: int) -> str:
+    return f"sim-{index:05d}"
+
+
+def raw_folder(output) -> Path:
+    """Where `simulate` writes the raw inputs it builds `output` from: the sibling `<output>.raw`."""
+    return Path(str(output) + ".raw")
+
+
+def check_outputs(output, overwrite: bool = False) -> None:
+    """Before anything is written: `output` may be replaced (empty, absent, or a dataset with `overwrite`), and its
+    `.raw` sibling is absent, empty or one that `simulate` wrote (its marker there, nothing else); the raw inputs are
+    regenerated on every run, so a folder of simulate's own is rewritten without asking."""
+    check_replaceable(output, overwrite=overwrite, owned=DATASET_FILES, tool="fusar-data")
+    check_replaceable(raw_folder(output), overwrite=True, owned=RAW_FILES, tool="fusar-data simulate",
+                      markers=(RAW_MARKER,))
+
+
 def simulate(output, scenes: int = 300, seed: int = 0, num_proc: int = 1, overwrite: bool = False) -> Path:
     """Write the raw inputs (SAR GeoTIFFs, AlphaEarth tiles, annotations) under `<output>.raw`, then build."""
-    output = Path(output)
-    raw = Path(str(output) + ".raw")
+    output, raw = Path(output), raw_folder(output)
+    check_outputs(output, overwrite)
+    if raw.exists():
+        shutil.rmtree(raw)  # simulate's own (checked): no file of an older run may mix with this one's
+    raw.mkdir(parents=True)
+    (raw / RAW_MARKER).write_text(json.dumps({"scenes": scenes, "seed": seed, "written by": "fusar-data simulate"}))
     vectors = class_vectors()
     rng = np.random.default_rng(seed)
     records, tiles = [], {}
@@ -134,7 +160,7 @@ def simulate(output, scenes: int = 300, seed: int = 0, num_proc: int = 1, overwr
         tile_x, tile_y = 500_000 + tile_index * SLOTS * AEF_PIXELS * 10, 5_000_000
         x0, y0 = tile_x + slot_col * AEF_PIXELS * 10, tile_y - slot_row * AEF_PIXELS * 10
         crs = f"EPSG:{32600 + zone}"
-        name = f"sim-{index:05d}"
+        name = scene_name(index)
         path = raw / "sar" / f"{name}.tif"
         path.parent.mkdir(parents=True, exist_ok=True)
         with rasterio.open(path, "w", driver="GTiff", width=SIZE, height=SIZE, count=2, dtype="float32", crs=crs,

@@ -9,8 +9,7 @@ import train_sft
 
 if __name__ == "__main__":
     output, *options = sys.argv[1:]
-    args, training_args, model_args = train_sft.TrlParser(
-        (train_sft.FusarArguments, train_sft.SFTConfig, train_sft.ModelConfig)).parse_args_and_config(args=options)
+    args, training_args, model_args = train_sft.parse_arguments(options)
     dataset = train_sft.load_triplets(args.dataset_name)
     torch.manual_seed(0)
     model, processor = train_sft.load_model(args, dataset, model_args)

@@ -57,12 +57,15 @@ def test_a_model_loaded_in_bf16_trains_and_generates(tokenizers, family, tmp_pat
     assert generated.shape[1] == inputs["input_ids"].shape[1] + 3
 
 
-def test_fusar_train_with_bf16_on_cpu(tmp_path):
-    """The user's door: `fusar-train --bf16 true --use_cpu true` (Trainer's CPU autocast) finishes with status 0."""
+@pytest.mark.parametrize("options", [["--bf16", "true", "--stage", "1"],
+                                     ["--stage", "2", "--stage2_train_anchor_module", "true"]], ids=["bf16", "no-config"])
+def test_fusar_train_without_a_config_runs_on_a_cpu(options, tmp_path):
+    """The user's door, without --config: TRL's defaults (bf16) would stop on a machine without a GPU; fusar-train's
+    defaults run on it, and `--bf16 true` is CPU autocast."""
     data = simulate(tmp_path / "data", scenes=8)
-    command = [Path(sys.executable).with_name("fusar-train"), "--config", ROOT / "configs" / "tiny_cpu.yaml",
-               "--dataset_name", data, "--output_dir", tmp_path / "run", "--bf16", "true", "--use_cpu", "true",
-               "--stage", "1", "--max_steps", "2", "--per_device_train_batch_size", "2", "--tiny_hidden_size", "64"]
+    command = [Path(sys.executable).with_name("fusar-train"), "--dataset_name", data, "--output_dir", tmp_path / "run",
+               *options, "--max_steps", "2", "--per_device_train_batch_size", "2", "--tiny_hidden_size", "64"]
     result = subprocess.run([str(part) for part in command], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "run" / "model.safetensors").is_file()
+    assert "deprecated" not in result.stderr

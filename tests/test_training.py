@@ -1,6 +1,7 @@
 """train_sft.py, TRL-style: every parameter that should train changes, every frozen one does not."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from dataset_scripts.simulate import simulate
 
 ROOT = Path(__file__).resolve().parents[1]
 
-FAST = ["--per_device_train_batch_size", "4", "--bf16", "false", "--gradient_checkpointing", "false",
+FAST = ["--per_device_train_batch_size", "4", "--bf16", "false",
         "--save_strategy", "no", "--report_to", "none", "--logging_steps", "1", "--max_train_examples", "8",
         "--stage1_epochs", "1", "--stage2_epochs", "1", "--stage1_learning_rate", "0.01",
         "--stage2_learning_rate", "0.01", "--tiny_hidden_size", "64"]
@@ -28,8 +29,7 @@ def simulated(tmp_path_factory):
 
 
 def parse(*options):
-    return train_sft.TrlParser((train_sft.FusarArguments, train_sft.SFTConfig, train_sft.ModelConfig)).parse_args_and_config(
-        args=list(options))
+    return train_sft.parse_arguments(list(options))
 
 
 def snapshot(model):
@@ -183,18 +183,46 @@ def test_a_base_model_folder_with_the_official_chat_template(simulated, tmp_path
     assert losses and all(loss == loss and loss > 0 for loss in losses)  # finite: assistant tokens were labelled
 
 
+def launch(launcher: list[str], simulated, output: Path, *options, timeout=300):
+    """`train_sft.py` stage 1 on 16 rows, batch 4 per process, started as a user's shell starts it."""
+    command = [*launcher, str(ROOT / "train_sft.py"), "--dataset_name", str(simulated), "--output_dir", str(output),
+               *FAST, "--max_train_examples", "16", "--stage", "1", *options]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+
+
+def optimizer_steps(output: Path) -> int:
+    return max(entry["step"] for entry in json.loads((output / "fusar_run.json").read_text())["history"])
+
+
+@pytest.mark.parametrize("launcher", [
+    [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"],
+    [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
+     str(ROOT / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", "29532"],
+], ids=["torchrun", "accelerate-cpu_ddp"])
+def test_two_cpu_processes_share_the_batches(launcher, simulated, tmp_path):
+    """On a machine without a GPU, torchrun and the CPU accelerate config give one data-parallel group: 16 rows at
+    batch 4 per process are 2 steps (one process alone: 4), and nothing warns that the processes train apart."""
+    result = launch(launcher, simulated, tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert optimizer_steps(tmp_path / "out") == 2
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in result.stderr
+
+
+def test_a_multi_process_launch_that_starts_one_process_stops(simulated, tmp_path):
+    """accelerate's CPU launcher asked for 2 processes starts one (it needs mpirun for more): refused in one line."""
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    result = launch([accelerate, "launch", "--cpu", "--num_processes", "2"], simulated, tmp_path / "out")
+    assert result.returncode != 0 and not (tmp_path / "out").exists()  # accelerate's wrapper adds its traceback
+    assert "fusar-train: error: accelerate launch was asked for several processes but started one" in result.stderr
+
+
 def test_two_ddp_processes_end_with_identical_parameters(simulated, tmp_path):
     """torchrun with 2 CPU processes (gloo); each rank sees half of every batch and all must agree at the end."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-               str(root / "tests" / "ddp_worker.py"), str(tmp_path), "--dataset_name", str(simulated),
-               "--output_dir", str(tmp_path / "out"), *FAST, "--use_cpu", "true", "--max_train_examples", "16"]
-    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+               str(ROOT / "tests" / "ddp_worker.py"), str(tmp_path), "--dataset_name", str(simulated),
+               "--output_dir", str(tmp_path / "out"), *FAST, "--max_train_examples", "16"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     worlds = [torch.load(tmp_path / f"world{rank}.pt")["world_size"] for rank in (0, 1)]
