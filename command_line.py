@@ -15,8 +15,11 @@ import argparse
 import functools
 import os
 import pickle
+import re
 import sys
+from pathlib import Path
 
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 NETWORK_MODULES = ("httpx", "httpx2", "requests", "urllib3")  # huggingface_hub's HTTP stack, by release
 
 
@@ -67,6 +70,16 @@ def command(prog: str):
         return wrapper
 
     return decorate
+
+
+def local_or_hub_id(name: str, what: str) -> str:
+    """`name` when it is a local file or folder or has the form of a Hub id (`user/name`). Anything else is a
+    mistyped path: refused at once, rather than after the Hub client's retries for a repository that cannot exist."""
+    if Path(name).expanduser().exists():
+        return name
+    if name.startswith((".", "/", "~")) or not HUB_ID.fullmatch(name):
+        raise ValueError(f"{what} {name}: no such file or folder (and not a Hub id, which has the form user/name)")
+    return name
 
 
 def positive_int(text: str) -> int:

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from command_line import command, positive_int
+from command_line import command, local_or_hub_id, positive_int
 from processing.anchors import as_anchor_set, collate_anchor_sets
 
 ANCHOR_DIM = 64
@@ -161,6 +161,19 @@ def loaded(load, source):
         raise ValueError(f"{source}: cannot load it as a model ({type(error).__name__}: {error})") from error
 
 
+def check_same_base(base_model, model, base: str) -> None:
+    """The base is run with the checkpoint's processor: it must be the model the checkpoint was trained from, or at
+    least share its family and vocabulary (else its answers are decoded with another tokenizer's ids)."""
+    def describe(config):
+        return config.base_config.model_type, config.get_text_config().vocab_size
+
+    if describe(base_model.config) != describe(model.config):
+        (family, vocabulary), (ours, our_vocabulary) = describe(base_model.config), describe(model.config)
+        raise ValueError(f"--base {base}: not this checkpoint's base ({family} with a vocabulary of {vocabulary} tokens; "
+                         f"the checkpoint was trained from a {ours} with {our_vocabulary}); give the model it was "
+                         "trained from")
+
+
 def weights_identity(source, model) -> str:
     """What the prediction cache is keyed by, besides the path: a local folder's files (name, size, modification
     time; the model card excepted, which evaluation itself updates), so that a model retrained into the same folder
@@ -227,7 +240,8 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     if base:
         from modeling_fusar import FusarForConditionalGeneration
 
-        models["base"] = loaded(FusarForConditionalGeneration.from_base, base)  # exactly the base: no modulation yet
+        models["base"] = loaded(FusarForConditionalGeneration.from_base, local_or_hub_id(base, "--base"))
+        check_same_base(models["base"], models["checkpoint"], base)  # exactly the base: no modulation yet
         plan.append(("base model", "base", False))
     if stage1:
         models["stage1"] = loaded(AutoModelForImageTextToText.from_pretrained, stage1)

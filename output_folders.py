@@ -43,7 +43,7 @@ def check_replaceable(folder, *, overwrite: bool, owned: tuple[str, ...], tool: 
         return False
     if not folder.is_dir():
         raise ValueError(f"{folder} is a file, not a folder; choose another output folder")
-    if not any(folder.iterdir()):
+    if not any(path.is_file() for path in folder.rglob("*")):  # nothing but empty folders: nothing to lose
         return False
     if not overwrite:
         raise ValueError(f"{folder} exists and is not empty; choose another output folder or pass {flag} to replace it")

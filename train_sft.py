@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
-from command_line import command
+from command_line import command, local_or_hub_id
 from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.schema import FEATURES, TASKS
 from evaluate_bench import row_anchors
@@ -127,6 +128,7 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
         model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation)
         return model, FusarProcessor.from_base(base_processor)
+    local_or_hub_id(args.model, "--model")
     options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
     config = AutoConfig.from_pretrained(args.model)
     if config.model_type == "fusar_gpt":
@@ -251,18 +253,43 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         model.enable_vision_feature_cache(memory_bytes=int(args.vision_feature_cache_gb * 2**30),
                                           disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30),
                                           folder=stage_args.output_dir)
-    trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, processing_class=processor,
-                         data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors), peft_config=lora)
+    evaluation = validation(dataset, tasks, stage_args)
+    if evaluation is not None and len(evaluation) == 0:
+        print(f"stage {stage}: the validation split has no {'/'.join(tasks)} rows; this stage is not evaluated",
+              file=sys.stderr)
+        stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
+    trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
+                              processing_class=processor, peft_config=lora,
+                              data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
     try:
         trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
     finally:
         model.disable_vision_feature_cache()  # its temporary file goes with the stage
+    remove_if_empty(Path(stage_args.output_dir))  # a stage that saved no checkpoint leaves no folder
     model = trainer.model
     if lora is not None and (stage == 1 or args.merge_lora):
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
     return model, trainer.state.log_history, trainer
+
+
+def check_validation_split(dataset, training_args: SFTConfig) -> None:
+    if training_args.eval_strategy != "no" and "validation" not in dataset:
+        raise ValueError(f"--eval_strategy {training_args.eval_strategy.value}: the dataset has no 'validation' split "
+                         f"(it has {', '.join(dataset)}); build it with one, or --eval_strategy no")
+
+
+def validation(dataset, tasks: tuple[str, ...], stage_args: SFTConfig):
+    """The stage's rows of the validation split, when the run evaluates during training (`--eval_strategy`)."""
+    if stage_args.eval_strategy == "no":
+        return None
+    return dataset["validation"].filter(lambda task: task in tasks, input_columns="task")
+
+
+def remove_if_empty(folder: Path) -> None:
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def wants_resume(value) -> bool:
@@ -292,12 +319,34 @@ def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
         shutil.rmtree(output)  # the old run's weights, checkpoints and stage-1 model must not outlive it
 
 
+def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
+    """Numbers and integrations that would fail only once the model is built, refused before anything is written."""
+    from transformers.integrations import get_available_reporting_integrations
+
+    positive = {"--per_device_train_batch_size": training_args.per_device_train_batch_size,
+                "--gradient_accumulation_steps": training_args.gradient_accumulation_steps,
+                "--stage1_epochs": args.stage1_epochs, "--stage2_epochs": args.stage2_epochs,
+                "--stage1_learning_rate": args.stage1_learning_rate, "--stage2_learning_rate": args.stage2_learning_rate,
+                "--tiny_hidden_size": args.tiny_hidden_size, "--tiny_layers": args.tiny_layers}
+    if args.max_train_examples is not None:
+        positive["--max_train_examples"] = args.max_train_examples
+    for flag, value in positive.items():
+        if not value > 0:
+            raise ValueError(f"{flag} {value}: expected a number above 0")
+    missing = sorted(set(training_args.report_to) - set(get_available_reporting_integrations()))
+    if missing:
+        raise ValueError(f"--report_to {' '.join(missing)}: not installed here (pip install {' '.join(missing)}), or "
+                         "--report_to none")
+
+
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
     check_data_parallel(training_args)
+    check_arguments(args, training_args)
     with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
         prepare_output_dir(args, training_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
     dataset = load_triplets(args.dataset_name)
+    check_validation_split(dataset, training_args)
     model, processor = load_model(args, dataset, model_args)
     stages = planned_stages(args)
     check_plan(stages, model, dataset, args, model_args)
@@ -321,7 +370,9 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
                 model = AutoModelForImageTextToText.from_pretrained(
                     stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
-        model.peft_config["default"].base_model_name_or_path = str(stage1_result if args.stage == "both" else args.model)
+        # A folder by its absolute path: PEFT resolves it from wherever the adapter is loaded, not from the adapter.
+        base = stage1_result if args.stage == "both" else Path(args.model) if Path(args.model).exists() else args.model
+        model.peft_config["default"].base_model_name_or_path = str(base.resolve() if isinstance(base, Path) else base)
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output

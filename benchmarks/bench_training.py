@@ -3,7 +3,7 @@
 Configs: the tiny CPU default (language model hidden 128 x 2 layers) and a mid-size one (hidden 512 x 4).
 Each measurement runs in a fresh process, so its peak resident memory is its own.
 
-Run: python benchmarks/bench_training.py  (needs the simulated dataset: fusar-data simulate --output outputs/simulated)
+Run: python benchmarks/bench_training.py  (simulates its dataset into outputs/simulated first when that is missing)
 """
 
 from __future__ import annotations
@@ -12,11 +12,13 @@ import argparse
 import multiprocessing
 import resource
 import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 
 CONFIGS = {"tiny (128 x 2)": (128, 2), "mid (512 x 4)": (512, 4)}
 
 
-def measure(dataset_path: str, hidden: int, layers: int, use_anchors: bool, steps: int, batch: int, queue):
+def measure(dataset_path: str, hidden: int, layers: int, use_anchors: bool, steps: int, batch: int):
     import datasets
     import torch
 
@@ -39,7 +41,7 @@ def measure(dataset_path: str, hidden: int, layers: int, use_anchors: bool, step
         model(**inputs).loss.backward()
         optimizer.step()
     seconds = time.perf_counter() - start
-    queue.put((steps * batch / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return steps * batch / seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main():
@@ -48,16 +50,19 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     args = parser.parse_args()
+    if not Path(args.dataset).exists():
+        from dataset_scripts.simulate import simulate
+
+        print(f"{args.dataset} does not exist: simulating it first", flush=True)
+        simulate(args.dataset)
     context = multiprocessing.get_context("spawn")
     for name, (hidden, layers) in CONFIGS.items():
         results = {}
         for use_anchors in (True, False):
-            queue = context.Queue()
-            process = context.Process(target=measure, args=(args.dataset, hidden, layers, use_anchors, args.steps,
-                                                             args.batch, queue))
-            process.start()
-            results[use_anchors] = queue.get()
-            process.join()
+            # A fresh process per measurement (its own peak memory); a failure there is raised here, never a hang.
+            with ProcessPoolExecutor(1, mp_context=context) as pool:
+                results[use_anchors] = pool.submit(measure, args.dataset, hidden, layers, use_anchors, args.steps,
+                                                   args.batch).result()
         (fast, fast_memory), (base, base_memory) = results[True], results[False]
         print(f"{name}: FUSAR-GPT {fast:6.1f} samples/s, peak {fast_memory:6.0f} MiB | anchor module off "
               f"{base:6.1f} samples/s, peak {base_memory:6.0f} MiB | speed ratio {fast / base:.3f}x, memory ratio "

@@ -195,14 +195,14 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
                 bar.update()
     metas = [json.loads((work / f"shard-{n:05d}.json").read_text()) for n in range(len(shards))]
     skipped = [e for meta in metas for e in meta["errors"]]
-    if skipped:
-        print(f"skipped {len(skipped)} of {len(scenes)} scenes that could not be used (listed in the card); first: "
-              f"{skipped[0]['image']}: {skipped[0]['error']}", file=sys.stderr)
     if not sum(meta["rows"] for meta in metas):
         errors = [f"{e['image']}: {e['error']}" for e in skipped]
         shutil.rmtree(work)  # nothing worth resuming: a corrected rerun starts afresh
         raise ValueError(f"no rows: none of the {len(scenes)} scenes could be used ({len(errors)} could not be read; "
                          f"first: {'; '.join(errors[:3]) or 'none gave a row for the chosen tasks'})")
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(scenes)} scenes that could not be used (listed in the dataset card); "
+              f"first: {skipped[0]['image']}: {skipped[0]['error']}", file=sys.stderr)
     sizes = assemble(work, len(shards), config, metas)
     replace_folder(work / "dataset", output)
     how = "by a hash of the scene id" if config.split == "hashed" else "as asked (--split)"

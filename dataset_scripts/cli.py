@@ -121,6 +121,11 @@ def write_anchors(args) -> int:
     from .alphaearth_cloud import open_source
     from .sar_reader import read_sar_scene
 
+    output = Path(args.output)
+    if output.is_dir():
+        raise ValueError(f"--output {output}: a folder; give the .npz file to write, e.g. {output / 'anchors.npz'}")
+    if not output.parent.is_dir():
+        raise ValueError(f"--output {output}: no such folder {output.parent}")
     scene = read_sar_scene(args.image)
     if scene.footprint is None:
         raise ValueError(f"{args.image}: not georeferenced (no CRS, no .footprint.json): no anchors can be placed")
@@ -129,11 +134,13 @@ def write_anchors(args) -> int:
         raise ValueError(f"{args.image}: its acquisition year is unknown; give --years")
     source = open_source(args.source, args.alphaearth_index, args.alphaearth_cache)
     anchors = sample_anchors(source, scene.footprint, years, grid_size=args.grid_size)
-    output = Path(args.output)
     temporary = output.with_name(f".{output.name}.partial.npz")
-    np.savez(temporary, values=anchors.values, positions=anchors.positions, mask=anchors.mask,
-             years=np.asarray(anchors.years))
-    os.replace(temporary, output)
+    try:
+        np.savez(temporary, values=anchors.values, positions=anchors.positions, mask=anchors.mask,
+                 years=np.asarray(anchors.years))
+        os.replace(temporary, output)
+    finally:
+        temporary.unlink(missing_ok=True)
     found = int(anchors.mask.any(-1).sum())
     print(f"{output}: {found} of {len(anchors.positions)} anchors with AlphaEarth data, years {years}"
           + ("" if found else " (the footprint lies outside the release's tiles for these years)"))
@@ -161,7 +168,9 @@ def run(args) -> Path:
     scenes += [s for path in args.coco for s in from_coco(path, source=args.source, sensor=args.sensor)]
     scenes += [s for path in args.jsonl for s in from_jsonl(path, source=args.source, sensor=args.sensor)]
     if not scenes:
-        raise ValueError("no scenes: give --voc, --coco or --jsonl inputs")
+        given = [*args.voc, *args.coco, *args.jsonl]
+        raise ValueError(f"no scenes in {', '.join(given)}: each is empty" if given else
+                         "no scenes: give --voc, --coco or --jsonl inputs")
     for scene in scenes:
         scene.year = scene.year if scene.year is not None else args.year
     alphaearth = None

@@ -73,12 +73,19 @@ def from_coco(annotation_file, image_root=None, *, source: str = "", sensor: str
         raise ValueError(f"{path}: not a COCO detection file ({error})") from error
 
 
+def read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not {what}: it is not UTF-8 text") from None
+
+
 def from_jsonl(path, *, source: str = "", sensor: str = "") -> list[SceneInput]:
     """One scene per line: `{"image": ..., "scene_id"?, "caption"?, "captions"?, "questions"?, "objects"?, "year"?,
     "sensor"?, "source"?}`; image paths relative to the file."""
     path = Path(path)
     scenes = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    for number, line in enumerate(read_text(path, "a scenes JSONL file").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -113,7 +120,7 @@ def manifest_task(answer: str, question: str = "") -> str:
 
 def manifest_rows(path: Path) -> list[tuple[str, object]]:
     """(where, row) for every row of the authors' manifest: JSONL, or one JSON list of rows."""
-    text = path.read_text()
+    text = read_text(path, "a manifest (JSONL or a JSON list of rows)")
     if text.lstrip().startswith("["):
         try:
             return [(f"{path}[{index}]", row) for index, row in enumerate(json.loads(text))]

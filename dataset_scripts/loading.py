@@ -14,6 +14,8 @@ from pathlib import Path
 
 import datasets
 
+from command_line import local_or_hub_id
+
 
 def local_cache_dir(name: str) -> str | None:
     """The cache folder for a local dataset folder, None for a Hub id."""
@@ -28,5 +30,10 @@ def local_cache_dir(name: str) -> str | None:
 
 
 def load_triplet_dataset(name: str, split: str | None = None):
-    """`datasets.load_dataset(name, split=split)`, from a cache that belongs to exactly this folder's files."""
-    return datasets.load_dataset(name, split=split, cache_dir=local_cache_dir(name))
+    """`datasets.load_dataset(name, split=split)`, from a cache that belongs to exactly this folder's files. A name
+    that is neither a folder nor a Hub id, or a folder datasets cannot read (a model, say), is a ValueError."""
+    local_or_hub_id(name, "dataset")
+    try:
+        return datasets.load_dataset(name, split=split, cache_dir=local_cache_dir(name))
+    except datasets.exceptions.DatasetsError as error:  # generation, missing data files, casts, ...
+        raise ValueError(f"{name}: not a dataset that can be loaded ({type(error).__name__}: {error})") from error

@@ -63,6 +63,11 @@ def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, wh
 
 def _from_file(path: Path, anchor_dim: int, years) -> AnchorSet:
     """An `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    if not magic.startswith(b"PK") and magic != b"\x93NUMPY":  # np.load takes anything else for a pickle
+        raise ValueError(f"{path}: not an .npz or .npy anchor file (numpy's zip or array format); expected an .npz "
+                         "with 'features' and 'positions', or the authors' .npy")
     try:
         loaded = np.load(path, allow_pickle=False)
         arrays = loaded if isinstance(loaded, np.ndarray) else _npz_arrays(loaded)

@@ -22,7 +22,7 @@ def test_npz_without_the_expected_keys(tmp_path):
     with pytest.raises(ValueError, match=r"odd.npz: an anchor .npz needs 'features' \(or 'values'\) and 'positions'"):
         as_anchor_set(tmp_path / "odd.npz", anchor_dim=64)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
-    with pytest.raises(ValueError, match="junk.npz: not a readable .npz"):
+    with pytest.raises(ValueError, match="junk.npz: not an .npz or .npy anchor file"):
         as_anchor_set(tmp_path / "junk.npz", anchor_dim=64)
 
 

@@ -1,10 +1,20 @@
 """A new user's ordinary mistakes, through the installed commands as a shell runs them: each is refused at once in one
 line (exit 2), before anything is written, and nothing already on disk changes."""
 
+import importlib.util
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import build as build_model
+from dataset_scripts.simulate import simulate
+from processing.anchors import as_anchor_set
 
 SCRIPTS = Path(sys.executable).parent
 
@@ -64,3 +74,115 @@ def test_fusar_main_checks_every_output_before_any_work(tmp_path):
     refused(script("fusar-main", "--output", tmp_path / "small", "--scenes", "5"), "fusar-main",
             "too few for a held-out test split")
     assert not (tmp_path / "small").exists()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return simulate(tmp_path_factory.mktemp("data") / "sim", scenes=24)
+
+
+TRAIN = ["--max_steps", "2", "--per_device_train_batch_size", "2", "--tiny_hidden_size", "64", "--stage", "1"]
+
+
+@pytest.mark.parametrize("command", [
+    ["fusar-data", "check", "nope_folder"],
+    ["fusar-train", "--dataset_name", "nope_data"],
+    ["fusar-train", "--dataset_name", "./nope/data"],
+    ["fusar-eval", "CHECKPOINT", "--dataset", "nope_data"],
+])
+def test_a_mistyped_path_is_no_such_folder_at_once(command, tmp_path, data):
+    """Not `user/name` and nowhere on disk: no Hub retries, one line."""
+    command = [str(data.parent / "ck") if part == "CHECKPOINT" else part for part in command]
+    if "CHECKPOINT" in command or "fusar-eval" in command:
+        (data.parent / "ck").mkdir(exist_ok=True)
+    started = time.perf_counter()
+    result = script(*command, "--output_dir" if command[0] == "fusar-train" else "--output", tmp_path / "out",
+                    cwd=tmp_path) if command[0] != "fusar-data" else script(*command, cwd=tmp_path)
+    refused(result, command[0], "no such file or folder")
+    assert time.perf_counter() - started < 60 and not (tmp_path / "out").exists()
+
+
+def test_a_model_path_that_does_not_exist_is_no_such_folder(tmp_path, data):
+    refused(script("fusar-train", "--dataset_name", data, "--model", "./nope_model", "--output_dir", tmp_path / "o",
+                   *TRAIN, cwd=tmp_path), "fusar-train", "--model ./nope_model: no such file or folder")
+
+
+def test_a_model_folder_is_not_a_dataset(tmp_path, tokenizers):
+    model, processor = build_model(tokenizers, "qwen2_5_vl")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")  # JSON files of several shapes, as in a checkpoint
+    refused(script("fusar-data", "check", tmp_path / "model"), "fusar-data", "not a dataset that can be loaded")
+
+
+def test_numbers_and_integrations_are_refused_before_any_folder_is_made(tmp_path, data):
+    for options, message in ((["--per_device_train_batch_size", "0"], "--per_device_train_batch_size 0"),
+                             (["--stage1_learning_rate", "-1"], "--stage1_learning_rate -1.0"),
+                             (["--report_to", "a_logger_nobody_has"], "a_logger_nobody_has")):
+        code, err = script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "t7", *TRAIN, *options)
+        assert code == 2 and "Traceback" not in err and message in err, err
+        assert not (tmp_path / "t7").exists()
+    missing = [name for name in ("tensorboard",) if importlib.util.find_spec(name) is None]
+    if missing:
+        refused(script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "t7", *TRAIN,
+                       "--report_to", "tensorboard"), "fusar-train", "--report_to tensorboard: not installed here")
+    assert script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "t7", *TRAIN)[0] == 0
+
+
+def test_a_base_of_another_vocabulary_is_refused_for_the_base_column(tmp_path, data, tokenizers):
+    code, err = script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "ck", *TRAIN)
+    assert code == 0, err
+    other = build_model(tokenizers, "qwen2_5_vl")[0].vlm
+    other.save_pretrained(tmp_path / "other-base")
+    refused(script("fusar-eval", tmp_path / "ck", "--dataset", data, "--split", "test", "--base",
+                   tmp_path / "other-base", "--output", tmp_path / "eval", "--limit", "2"),
+            "fusar-eval", "not this checkpoint's base")
+
+
+def test_an_adapter_kept_beside_its_run_loads_from_any_folder(tmp_path, data):
+    code, err = script("fusar-train", "--dataset_name", data, "--output_dir", "runs/lora", "--use_peft", "true",
+                       "--merge_lora", "false", *TRAIN[:-2], "--stage", "both", "--stage2_epochs", "1",
+                       cwd=tmp_path)
+    assert code == 0, err
+    adapter = json.loads((tmp_path / "runs" / "lora" / "adapter_config.json").read_text())
+    assert Path(adapter["base_model_name_or_path"]).is_absolute()
+    load = ("import modeling_fusar, sys; from peft import PeftConfig, PeftModel; "
+            "from transformers import AutoModelForImageTextToText as Auto; "
+            "base = Auto.from_pretrained(PeftConfig.from_pretrained(sys.argv[1]).base_model_name_or_path); "
+            "print(type(PeftModel.from_pretrained(base, sys.argv[1]).get_base_model()).__name__)")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, "-c", load, str(tmp_path / "runs" / "lora")], capture_output=True,
+                            text=True, cwd=elsewhere, timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0 and "FusarForConditionalGeneration" in result.stdout, result.stderr[-3000:]
+
+
+def test_unclear_messages_are_clear(tmp_path, data):
+    np.savez(tmp_path / "x.npz", values=np.zeros((2, 64)))
+    refused(script("fusar-data", "import-manifest", tmp_path / "x.npz", "--output", tmp_path / "m"), "fusar-data",
+            "not a manifest (JSONL or a JSON list of rows): it is not UTF-8 text")
+    (tmp_path / "empty.jsonl").write_text("")
+    refused(script("fusar-data", "build", "--jsonl", tmp_path / "empty.jsonl", "--output", tmp_path / "b"),
+            "fusar-data", "empty.jsonl: each is empty")
+    scene = sorted((Path(str(data) + ".raw") / "sar").glob("*.tif"))[0]
+    source = Path(str(data) + ".raw") / "alphaearth"
+    (tmp_path / "folder").mkdir()
+    refused(script("fusar-data", "anchors", scene, "--source", source, "--output", tmp_path / "folder"), "fusar-data",
+            "a folder; give the .npz file to write")
+    refused(script("fusar-data", "anchors", scene, "--source", source, "--output", tmp_path / "nodir" / "sub" / "a.npz"),
+            "fusar-data", "no such folder")
+    assert sorted(p.name for p in (tmp_path / "folder").iterdir()) == []
+    (tmp_path / "text.npz").write_text("these are not anchors")
+    with pytest.raises(ValueError, match="not an .npz or .npy anchor file") as error:
+        as_anchor_set(tmp_path / "text.npz", anchor_dim=64)  # what the Space reads an uploaded file with
+    assert "pickle" not in str(error.value)
+
+
+def test_training_reports_validation_loss_per_stage(tmp_path, data):
+    code, err = script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "run", "--stage", "both",
+                       "--max_steps", "2", "--per_device_train_batch_size", "2", "--tiny_hidden_size", "64",
+                       "--eval_strategy", "steps", "--eval_steps", "1", "--per_device_eval_batch_size", "4",
+                       "--save_strategy", "no")
+    assert code == 0, err
+    history = json.loads((tmp_path / "run" / "fusar_run.json").read_text())["history"]
+    assert {entry["stage"] for entry in history if "eval_loss" in entry} == {1, 2}
+    assert not (tmp_path / "run" / "stage1").exists() and not (tmp_path / "run" / "stage2").exists()

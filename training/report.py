@@ -26,16 +26,19 @@ def write_loss_curve(history: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 3.5))
-    step = 0
+    offset = 0  # stage 2's steps continue stage 1's on the x axis
     for stage in sorted({entry["stage"] for entry in history}):
-        points = [(entry["step"], entry["loss"]) for entry in history if entry["stage"] == stage and "loss" in entry]
-        if points:
-            axes.plot([step + s for s, _ in points], [loss for _, loss in points], marker=".", label=f"stage {stage}")
-            step += points[-1][0]
+        entries = [entry for entry in history if entry["stage"] == stage]
+        for key, style, label in (("loss", ".-", "training"), ("eval_loss", "o--", "validation")):
+            points = [(entry["step"], entry[key]) for entry in entries if key in entry]
+            if points:
+                axes.plot([offset + s for s, _ in points], [v for _, v in points], style, label=f"stage {stage}, {label}")
+        offset += max((entry["step"] for entry in entries), default=0)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("training loss")
+    axes.set_ylabel("loss")
     axes.set_title("FUSAR-GPT SFT")
-    axes.legend()
+    if axes.get_legend_handles_labels()[0]:  # nothing logged (a run shorter than --logging_steps): no empty legend
+        axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
