@@ -96,8 +96,9 @@ def run(argv=None) -> dict[str, dict[str, float]]:
 
     print("[4/4] held-out evaluation (normalised exact match; caption rows are scored by BLEU/CIDEr in evaluate_bench)")
     report = results_table(results)
-    history = json.loads((checkpoint / "fusar_run.json").read_text())["history"]
-    write_model_card(checkpoint, *checkpoint_args, history=history, results=results)
+    record = json.loads((checkpoint / "fusar_run.json").read_text())
+    write_model_card(checkpoint, *checkpoint_args, history=record["history"], results=results,
+                     stage_tasks={int(stage): tasks for stage, tasks in record["stage_tasks"].items()})
     (output / "results.json").write_text(json.dumps(results, indent=2))
     (output / "results.md").write_text(report + "\n")
     print("\n" + report + "\n")

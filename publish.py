@@ -27,8 +27,13 @@ def publish(namespace: str, model=None, dataset=None, space=None, private: bool 
     urls, model_repo = {}, None
     if model:
         model_repo = api.create_repo(f"{namespace}/{Path(model).name}", private=private, exist_ok=True).repo_id
-        api.upload_folder(folder_path=str(model), repo_id=model_repo, ignore_patterns=SKIP,
+        api.upload_folder(folder_path=str(model), repo_id=model_repo, ignore_patterns=SKIP + ["README.md"],
                           commit_message="Upload FUSAR-GPT")
+        card = Path(model) / "README.md"
+        if card.is_file():  # its usage snippet loads the folder; on the Hub, the repository
+            text = card.read_text().replace(f'"./{Path(model).name}"', f'"{model_repo}"')
+            api.upload_file(path_or_fileobj=text.encode(), path_in_repo="README.md", repo_id=model_repo,
+                            commit_message="Model card")
         urls["model"] = f"{api.endpoint}/{model_repo}"
     if dataset:
         repo = api.create_repo(f"{namespace}/{Path(dataset).name}", repo_type="dataset", private=private, exist_ok=True).repo_id

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import sys
+import warnings
 from importlib import resources
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,9 @@ from training.launch import check_data_parallel, machine_defaults
 from training.report import write_model_card, write_loss_curve
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
+# TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a warning in every LoRA run that
+# no option of ours can avoid.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 
 @dataclass
@@ -100,6 +104,10 @@ class FusarSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    def create_model_card(self, *args, **kwargs):
+        """None in the stage folders: TRL's would describe a stage as "a fine-tuned version of [None]"; the run's own
+        card (training/report.py) is written beside the final model."""
 
 
 def load_triplets(name: str) -> datasets.DatasetDict:
@@ -376,11 +384,13 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output
+    present = set(dataset["train"].unique("task"))
+    trained_tasks = {stage: sorted(present & set(stage_tasks(stage, args))) for stage in stages}
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),
-           "history": history}
+           "stage_tasks": trained_tasks, "history": history}
     (output / "fusar_run.json").write_text(json.dumps(run, indent=2, default=str))
     write_loss_curve(history, output / "loss_curve.png")
-    write_model_card(output, args, training_args, model_args, history)
+    write_model_card(output, args, training_args, model_args, history, stage_tasks=trained_tasks)
     if training_args.push_to_hub:  # everything in the folder: weights, code, processor, card, loss curve, run
         from huggingface_hub import HfApi
 

@@ -1,4 +1,4 @@
-"""The triplet dataset's schema (DESIGN.md section 4): one row = one instruction example about one SAR scene."""
+"""The triplet dataset's schema (README, The triplet dataset): one row = one instruction example about one SAR scene."""
 
 from __future__ import annotations
 

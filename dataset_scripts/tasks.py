@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 GRID_CELLS = (("top-left", "top-center", "top-right"), ("middle-left", "center", "middle-right"),
               ("bottom-left", "bottom-center", "bottom-right"))
-GRID_RULE = __doc__.split("\n\n")[1].replace("\n", " ")
+GRID_RULE = __doc__.split("\n\n")[1].replace("\n", " ").removeprefix("Grid localisation rule: ")
 
 
 @dataclass
@@ -32,7 +32,7 @@ class Annotations:
 
 
 def plural(category: str) -> str:
-    return category if category.endswith("s") else category + "s"
+    return category if category.endswith(("s", "craft")) else category + "s"  # two aircraft, never "aircrafts"
 
 
 def grid_cell(box, width: int, height: int) -> str:

@@ -96,9 +96,9 @@ def update_model_card(checkpoint: Path, results: dict[str, dict], dataset_name: 
     """Write each task's metrics as `model-index` entries into the checkpoint's README.md (kept otherwise)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    from training.report import public_name
+    from training.report import dataset_name as card_name
 
-    dataset_name = public_name(dataset_name)
+    dataset_name = card_name(dataset_name)
     path = checkpoint / "README.md"
     card = ModelCard.load(path) if path.exists() else ModelCard(f"---\n{ModelCardData().to_yaml()}\n---\n# FUSAR-GPT\n")
     card.data.model_name = card.data.model_name or checkpoint.name

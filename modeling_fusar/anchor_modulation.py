@@ -3,7 +3,7 @@
 Each anchor (a position in the image and an embedding vector per year) becomes FiLM parameters
 (gamma, beta) through an MLP; a Gaussian kernel spreads them over the visual patch grid; each visual
 token x becomes `x * (1 + G) + B`. With one year per anchor this is exactly the authors' released
-computation (see DESIGN.md section 1), vectorised over anchors and over images that share a grid.
+computation (their released code; README, The anchor module), vectorised over anchors and over images that share a grid.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ another run's file, so a killed run leaves nothing that is later trusted.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -24,6 +26,29 @@ import torch
 def tensor_bytes(tensor: torch.Tensor) -> bytes:
     tensor = tensor.detach().contiguous().cpu()
     return tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+
+
+PREFIX = "fusar-vision-cache-"
+
+
+def remove_orphans(folder: Path) -> None:
+    """Cache folders of processes of this machine that no longer run: a `kill -9` skips every cleanup, and a resumed
+    run must not leave its predecessor's file behind. Other processes' live caches are left alone."""
+    host = socket.gethostname()
+    for orphan in folder.glob(f"{PREFIX}*@{host}-*"):
+        pid = orphan.name.removeprefix(PREFIX).split("@")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
 
 
 class VisionFeatureCache:
@@ -37,7 +62,8 @@ class VisionFeatureCache:
         self.hits = self.misses = 0
         if folder is not None:
             Path(folder).mkdir(parents=True, exist_ok=True)
-        self.folder = Path(tempfile.mkdtemp(prefix="fusar-vision-cache-", dir=folder))
+        remove_orphans(Path(folder or tempfile.gettempdir()))
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}@{socket.gethostname()}-", dir=folder))
         self.disk_bytes = min(disk_bytes, shutil.disk_usage(self.folder).free // 2)  # never fill the disk
         self.file = open(self.folder / "features.bin", "w+b")
 

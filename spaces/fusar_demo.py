@@ -33,13 +33,20 @@ class UserError(ValueError):
     """A problem with what the user gave; shown in the page as it is."""
 
 
+MAIN_JOB_CHECKPOINT = "outputs/main/fusar-tiny"
+
+
 def default_checkpoint() -> str:
     """The model this Space serves: `FUSAR_CHECKPOINT`, else the Hub id fusar-publish wrote beside this file
-    (`checkpoint.txt`), else the main job's checkpoint in a checkout."""
+    (`checkpoint.txt`), else the main job's checkpoint: under the current folder, else in the checkout that holds
+    this file (so that `python <clone>/spaces/app.py` finds it from any folder)."""
     written = Path(__file__).with_name("checkpoint.txt")
     if os.environ.get("FUSAR_CHECKPOINT"):
         return os.environ["FUSAR_CHECKPOINT"]
-    return written.read_text().strip() if written.is_file() else "outputs/main/fusar-tiny"
+    if written.is_file():
+        return written.read_text().strip()
+    here, checkout = Path(MAIN_JOB_CHECKPOINT), Path(__file__).resolve().parents[1] / MAIN_JOB_CHECKPOINT
+    return str(here if here.is_dir() else checkout)
 
 
 DEFAULT_CHECKPOINT = default_checkpoint()
@@ -65,7 +72,7 @@ def load_checkpoint(checkpoint: str = DEFAULT_CHECKPOINT):
     import modeling_fusar  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if not Path(checkpoint).exists() and "/" not in checkpoint:
+    if not Path(checkpoint).exists() and (Path(checkpoint).is_absolute() or checkpoint.count("/") != 1):
         raise UserError(f"No checkpoint at {checkpoint}: run `fusar-main` first, or pass a checkpoint path or Hub id.")
     try:
         return AutoModelForImageTextToText.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint)

@@ -37,7 +37,7 @@ def test_dequantisation_known_values():
 def test_real_vectors_survive_quantisation_exactly_and_are_unit_length(real_vectors):
     codes = quantize(real_vectors)
     assert np.array_equal(dequantize(codes), real_vectors.astype(np.float32))
-    # DESIGN.md says +-0.002; these real vectors reach +-0.006 (int8 rounding), hence `check`'s wider tolerance.
+    # The release's documentation says +-0.002; these real vectors reach +-0.006 (int8 rounding), hence `check`'s wider tolerance.
     np.testing.assert_allclose(np.linalg.norm(dequantize(codes), axis=1), 1, atol=0.01)
 
 

@@ -1,4 +1,4 @@
-"""The anchor module against an independent implementation of the authors' reference (DESIGN.md section 1)."""
+"""The anchor module against an independent implementation of the authors' reference (their released code)."""
 
 import pytest
 import torch
@@ -9,7 +9,7 @@ from modeling_fusar.visual_grids import VisualGrid
 
 
 def reference_tlm(tokens, positions, vectors, valid, film_mlp, patch_rows, patch_cols, merge, sigma=2.0):
-    """The authors' computation for one image, written out step by step as DESIGN.md states it."""
+    """The authors' computation for one image, written out step by step as their code computes it."""
     gamma, beta = film_mlp(vectors).chunk(2, dim=-1)  # [S, C] each
     cells = torch.cartesian_prod(torch.arange(patch_rows), torch.arange(patch_cols)).float()  # (i, j), row-major
     anchors = positions * torch.tensor([patch_rows - 1, patch_cols - 1], dtype=torch.float32)

@@ -17,6 +17,7 @@ from dataset_scripts.simulate import simulate
 from processing.anchors import as_anchor_set
 
 SCRIPTS = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def script(name, *args, cwd=None, timeout=600):
@@ -186,3 +187,44 @@ def test_training_reports_validation_loss_per_stage(tmp_path, data):
     history = json.loads((tmp_path / "run" / "fusar_run.json").read_text())["history"]
     assert {entry["stage"] for entry in history if "eval_loss" in entry} == {1, 2}
     assert not (tmp_path / "run" / "stage1").exists() and not (tmp_path / "run" / "stage2").exists()
+
+
+def test_the_training_benchmark_stops_when_its_worker_fails(tmp_path):
+    (tmp_path / "not-a-dataset.txt").write_text("no rows here")
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_training.py"), "--dataset",
+                             str(tmp_path / "not-a-dataset.txt"), "--steps", "1"], capture_output=True, text=True,
+                            timeout=300, cwd=tmp_path)
+    assert result.returncode != 0 and "not-a-dataset.txt" in result.stderr
+
+
+def test_the_space_finds_the_main_jobs_checkpoint_from_any_folder(tmp_path):
+    """`python <clone>/spaces/app.py` started elsewhere serves the clone's outputs/main/fusar-tiny, or says to run
+    fusar-main; never takes the relative path for a Hub id."""
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); import fusar_demo; print(fusar_demo.DEFAULT_CHECKPOINT)\n"
+              "try:\n    fusar_demo.load_checkpoint('/nowhere/fusar-tiny')\n"
+              "except fusar_demo.UserError as error:\n    print(error)")
+    env = {k: v for k, v in os.environ.items() if k != "FUSAR_CHECKPOINT"}
+    result = subprocess.run([sys.executable, "-c", script, str(ROOT / "spaces")], capture_output=True, text=True,
+                            cwd=tmp_path, env=env, timeout=300)
+    served, message = result.stdout.strip().splitlines()[-2:]
+    assert served == str(ROOT / "outputs" / "main" / "fusar-tiny"), result.stderr[-2000:]
+    assert message.startswith("No checkpoint at /nowhere/fusar-tiny: run `fusar-main` first")
+
+
+def test_the_model_card_says_what_was_trained_on_what_under_which_licence(tmp_path, data):
+    """The dataset has no vqa rows: the recipe does not list them. Stage checkpoints carry no TRL card."""
+    code, err = script("fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "run", "--stage", "both",
+                       "--max_steps", "1", "--per_device_train_batch_size", "2", "--tiny_hidden_size", "64",
+                       "--lr_scheduler_type", "cosine", "--save_strategy", "steps", "--save_steps", "1")
+    assert code == 0, err
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "cosine schedule" in card and "SchedulerType" not in card
+    assert 'from_pretrained("./run"' in card and "license: cc-by-4.0" in card and "rasterio" in card
+    stage2 = next(line for line in card.splitlines() if line.startswith("- Stage 2"))
+    assert "counting" in stage2 and "vqa" not in stage2
+    assert list((tmp_path / "run").glob("stage*/checkpoint-*")) and not list((tmp_path / "run").glob("stage*/**/README.md"))
+    code, err = script("fusar-eval", tmp_path / "run", "--dataset", data, "--output", tmp_path / "eval", "--limit",
+                       "4", "--card", "--max-new-tokens", "4")
+    assert code == 0, err
+    card = (tmp_path / "run" / "README.md").read_text()
+    assert "name: fusar-simulated-sar-triplets" in card and "name: sim\n" not in card

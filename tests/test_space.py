@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "spaces"))
 import fusar_demo  # noqa: E402
 
 import train_sft  # noqa: E402
-from conftest import shared_data  # noqa: E402
+from conftest import SHARED_DATA, shared_data  # noqa: E402
+from processing import load_sar_image  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +152,11 @@ def test_the_page_in_a_real_browser(checkpoint, tmp_path):
     demo = app.build(checkpoint[0])
     demo.launch(server_name="127.0.0.1", server_port=7871, prevent_thread_lock=True, quiet=True)
     try:
-        chip = str(shared_data("sar_ship_chips", "ship010902.jpg"))
+        # A real ship chip where the shared data is; else a simulated scene as the PNG quicklook a user uploads.
+        real = SHARED_DATA / "sar_ship_chips" / "ship010902.jpg"
+        chip = str(real if real.exists() else tmp_path / "scene.png")
+        if not real.exists():
+            load_sar_image(str(sorted((checkpoint[1] / "sar").glob("*.tif"))[0])).save(chip)
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(
                 executable_path="/usr/bin/chromium", headless=True,

@@ -142,3 +142,25 @@ def test_the_gpu_benchmark_runs_its_dry_mode():
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("(a) all of it training", "varlen, with the feature cache", "(c) anchor module", "(d) greedy"):
         assert line in result.stdout
+
+
+def test_a_cache_left_by_a_killed_process_is_removed_and_a_live_one_kept(tokenizers, tmp_path):
+    """kill -9 skips every cleanup; the next run (a resume) removes the dead process's cache folder."""
+    import os
+    import socket
+    import subprocess
+
+    from modeling_fusar.vision_cache import PREFIX
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    orphan = tmp_path / f"{PREFIX}{dead.pid}@{socket.gethostname()}-abc"
+    live = tmp_path / f"{PREFIX}{os.getppid()}@{socket.gethostname()}-def"
+    for folder in (orphan, live):
+        folder.mkdir()
+        (folder / "features.bin").write_bytes(b"x")
+    model, _ = build(tokenizers, "qwen2_5_vl")
+    cache = model.enable_vision_feature_cache(folder=tmp_path)
+    assert not orphan.exists() and live.exists() and cache.folder.exists()
+    model.disable_vision_feature_cache()
+    assert not cache.folder.exists()

@@ -18,7 +18,7 @@ def machine_defaults() -> dict:
     ask): TRL's default spells it by the name transformers 5 deprecates, which warned on every run."""
     defaults = {"gradient_checkpointing": None}
     if not torch.accelerator.is_available():
-        defaults.update(use_cpu=True, bf16=False)
+        defaults.update(use_cpu=True, bf16=False, dataloader_pin_memory=False)  # pinning needs an accelerator
     return defaults
 
 

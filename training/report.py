@@ -50,20 +50,45 @@ def public_name(source: str) -> str:
     return Path(source).name if Path(source).exists() else source
 
 
-def write_model_card(output: Path, args, training_args, model_args, history: list[dict], results: dict | None = None):
-    """README.md with the Hub's metadata (library, pipeline, base model, datasets, tags, licence), the recipe and,
-    when given, evaluation results (`{column: {task: accuracy}}`)."""
+def card_metadata(source: str) -> dict:
+    """The YAML metadata of a local folder's card (README.md); {} for a Hub id or a folder without one."""
+    path = Path(source) / "README.md"
+    if not path.is_file():
+        return {}
+    from huggingface_hub import RepoCard
+
+    return RepoCard.load(path).data.to_dict()
+
+
+def dataset_name(source: str) -> str:
+    """A dataset as a card names it: a Hub id as it is; a local folder by its own card's name, else its folder name."""
+    return card_metadata(source).get("pretty_name") or public_name(source)
+
+
+def model_licence(args) -> str:
+    """The weights' licence: the base model's (its card), or for the tiny model built here the training data's; else
+    `other` (the card's Licences section says what applies)."""
+    if args.model == "tiny":
+        return card_metadata(args.dataset_name).get("license", "other")
+    return card_metadata(args.model).get("license", "other")
+
+
+def write_model_card(output: Path, args, training_args, model_args, history: list[dict], results: dict | None = None,
+                     stage_tasks: dict | None = None):
+    """README.md with the Hub's metadata (library, pipeline, base model, datasets, tags, licence), the recipe (each
+    stage's `stage_tasks`: the tasks it trained on) and, when given, evaluation results
+    (`{column: {task: accuracy}}`)."""
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "image-text-to-text",
-        "license": "apache-2.0",
+        "license": model_licence(args),
         "tags": ["fusar-gpt", "sar", "synthetic-aperture-radar", "remote-sensing", "alphaearth", "trl", "sft"],
     }
     if not Path(args.dataset_name).exists():  # Hub ids only: the Hub links these
         metadata["datasets"] = [args.dataset_name]
     if args.model != "tiny" and not Path(args.model).exists():
         metadata["base_model"] = args.model
-    from train_sft import planned_stages, stage_tasks, trains_anchor_module  # (train_sft imports this module)
+    from train_sft import planned_stages, trains_anchor_module  # (train_sft imports this module)
 
     stages = planned_stages(args)
     lora = (f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on every linear layer of the language model"
@@ -73,6 +98,8 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
               2: ["the anchor module"] * anchors_train[2] + [lora]}
     final_loss = [entry["loss"] for entry in history if "loss" in entry]
     tiny = args.model == "tiny"
+    repo = training_args.hub_model_id or f"./{output.name}"  # fusar-publish writes the repository it uploads to
+    data_licence = card_metadata(args.dataset_name).get("license", "see its dataset card")
     lines = [
         "# FUSAR-GPT", "",
         "A vision-language model for Synthetic Aperture Radar (SAR) images whose visual tokens are modulated by "
@@ -82,8 +109,8 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "```python",
         "from transformers import AutoModelForImageTextToText, AutoProcessor",
         "",
-        f'model = AutoModelForImageTextToText.from_pretrained("{output.name}", trust_remote_code=True)',
-        f'processor = AutoProcessor.from_pretrained("{output.name}", trust_remote_code=True)',
+        f'model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True)',
+        f'processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)',
         'messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many ships are there?"}]}]',
         'inputs = processor(images=["scene.tif"], text=[processor.apply_chat_template(messages, add_generation_prompt=True)],',
         '                   anchors=["scene_aef.npz"], return_tensors="pt")  # anchors: the authors\' .npz, a dict, or None',
@@ -91,9 +118,10 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         'print(processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0])',
         "```", "",
         "Images may be GeoTIFFs or arrays in dB, amplitude, intensity or complex values, or 8-bit quicklooks; the "
-        "processor turns them into the 8-bit image the model saw in training.", "",
+        "processor turns them into the 8-bit image the model saw in training. GeoTIFF inputs need `rasterio` "
+        "(`pip install rasterio`); PNG and JPEG do not.", "",
         "## Training data", "",
-        f"`{public_name(args.dataset_name)}`: SAR image - text - AlphaEarth triplets (see its dataset card)"
+        f"`{dataset_name(args.dataset_name)}`: SAR image - text - AlphaEarth triplets (see its dataset card)"
         + (", simulated: speckled scenes with an AlphaEarth-like field, not real SAR." if tiny else "."),
         f"Anchors {'used' if args.use_anchors else 'NOT used (an ablation run)'}.", "",
         "## Recipe", "",
@@ -104,11 +132,11 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
                                       (2, "task execution", args.stage2_epochs, args.stage2_learning_rate)):
         if stage in stages:
             frozen = "" if anchors_train[stage] or not args.use_anchors else "; anchor module frozen"
-            lines.append(f"- Stage {stage} ({name}; tasks: {', '.join(stage_tasks(stage, args))}): {epochs} epochs, "
+            lines.append(f"- Stage {stage} ({name}; tasks: {', '.join((stage_tasks or {}).get(stage, []))}): {epochs} epochs, "
                          f"lr {rate}, trains {' and '.join(trains[stage])}{frozen}")
     lines += [
         f"- Batch {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "
-        f"accumulation, warm-up {training_args.warmup_steps}, {training_args.lr_scheduler_type} schedule, seed "
+        f"accumulation, warm-up {training_args.warmup_steps}, {getattr(training_args.lr_scheduler_type, 'value', training_args.lr_scheduler_type)} schedule, seed "
         f"{training_args.seed}, bf16 {training_args.bf16}",
         f"- Final training loss: {final_loss[-1]:.4f}" if final_loss else "- No training loss logged",
         "", "![loss curve](loss_curve.png)", "",
@@ -119,6 +147,11 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "- Anchors exist only for georeferenced scenes inside AlphaEarth's coverage (annual, 2017 onwards); without "
         "them the model sees the image alone.",
         "- Counts, boxes and grid cells are generated text: check them before use.", "",
+        "## Licences", "",
+        f"- Weights: `{metadata['license']}`" + ("" if tiny else f" (the base model `{public_name(args.model)}`'s; "
+                                                  "see its card)"),
+        f"- Training data: {data_licence}",
+        f"- AlphaEarth anchors: {ALPHAEARTH_LICENSE}", "",
         "## Citation", "",
         "FUSAR-GPT: arXiv 2602.19190 (CVPR 2026). Anchors: " + ATTRIBUTION + f" ({ALPHAEARTH_LICENSE})", "",
         "```bibtex",
