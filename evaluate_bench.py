@@ -231,6 +231,8 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     for flag, folder in (("checkpoint", checkpoint), ("--stage1", stage1)):
         if folder is not None and not Path(folder).is_dir():
             raise ValueError(f"{flag} {folder}: no such checkpoint folder")
+    if base:
+        local_or_hub_id(base, "--base")
     rows = load_rows(dataset, split, manifest, limit, seed)
     if not rows:
         raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
@@ -240,7 +242,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     if base:
         from modeling_fusar import FusarForConditionalGeneration
 
-        models["base"] = loaded(FusarForConditionalGeneration.from_base, local_or_hub_id(base, "--base"))
+        models["base"] = loaded(FusarForConditionalGeneration.from_base, base)
         check_same_base(models["base"], models["checkpoint"], base)  # exactly the base: no modulation yet
         plan.append(("base model", "base", False))
     if stage1:

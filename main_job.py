@@ -8,6 +8,7 @@ the checkpoint) -> results tables, the checkpoints and the reports.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -39,6 +40,14 @@ def evaluate(model, processor, rows) -> dict[str, float]:
     if twins:
         results["landcover, anchor-dependent"] = score(*zip(*twins))["all"]["accuracy"]
     return results
+
+
+@contextlib.contextmanager
+def timed(seconds: dict, phase: str):
+    """Adds the time the block took to `seconds[phase]` (the job prints where its time went)."""
+    start = time.perf_counter()
+    yield
+    seconds[phase] = seconds.get(phase, 0) + time.perf_counter() - start
 
 
 def check_outputs(output: Path, runs: dict[str, Path], scenes: int) -> None:
@@ -76,21 +85,26 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     check_outputs(output, runs, args.scenes)
     print(f"[1/4] simulated dataset ({args.scenes} scenes) -> {data}", flush=True)
     made_for = output / "data-scenes.txt"  # rebuild when asked for another number of scenes
-    if not (data / "README.md").exists() or not made_for.exists() or made_for.read_text() != str(args.scenes):
-        simulate(data, scenes=args.scenes, overwrite=True)
-        made_for.write_text(str(args.scenes))
+    seconds = {}
+    with timed(seconds, "data"):
+        if not (data / "README.md").exists() or not made_for.exists() or made_for.read_text() != str(args.scenes):
+            simulate(data, scenes=args.scenes, overwrite=True)
+            made_for.write_text(str(args.scenes))
     rows = list(load_triplets(str(data))["test"])
     results = {}
     for number, (name, folder) in enumerate(runs.items()):
         print(f"[{2 + number}/4] training {name}: stage 1 (captions) then stage 2 (tasks) -> {folder}", flush=True)
         fusar_args, training_args, model_args = run_arguments[name]
         if number == 0:  # the same model before any training, built exactly as the run builds it
-            set_seed(training_args.seed)
-            untrained, processor = load_model(fusar_args, load_triplets(str(data)), model_args)
-            results["untrained"] = evaluate(untrained, processor, rows)
-        train(fusar_args, training_args, model_args)
-        model = AutoModelForImageTextToText.from_pretrained(folder)
-        results[name] = evaluate(model, AutoProcessor.from_pretrained(folder), rows)
+            with timed(seconds, "untrained model's answers"):
+                set_seed(training_args.seed)
+                untrained, processor = load_model(fusar_args, load_triplets(str(data)), model_args)
+                results["untrained"] = evaluate(untrained, processor, rows)
+        with timed(seconds, f"training {name}"):
+            train(fusar_args, training_args, model_args)
+        with timed(seconds, f"answers of {name}"):
+            model = AutoModelForImageTextToText.from_pretrained(folder)
+            results[name] = evaluate(model, AutoProcessor.from_pretrained(folder), rows)
         if "no anchors" not in name:
             checkpoint, checkpoint_args = folder, (fusar_args, training_args, model_args)
 
@@ -108,11 +122,12 @@ def run(argv=None) -> dict[str, dict[str, float]]:
     print(f"trained beats untrained on the held-out split: {'yes' if learned else 'NO'}; with anchors beats without "
           f"on the anchor-dependent questions: {'yes' if anchors_help else 'NO'}")
     print("\nevaluate_bench on the checkpoint (task metrics; ablations of the same checkpoint):")
-    evaluate_checkpoint(checkpoint, dataset=str(data), split="test", output=output / "eval",
-                        stage1=str(checkpoint / "stage1-model"), update_card=True)
+    with timed(seconds, "evaluate_bench"):
+        evaluate_checkpoint(checkpoint, dataset=str(data), split="test", output=output / "eval",
+                            stage1=str(checkpoint / "stage1-model"), update_card=True)
     print(f"checkpoint: {checkpoint} (loss curve, model card inside); reports: {output / 'results.md'}, "
-          f"{output / 'eval'}; "
-          f"{time.perf_counter() - start:.0f} s in all")
+          f"{output / 'eval'}")
+    print(f"{time.perf_counter() - start:.0f} s in all: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     return results
 
 

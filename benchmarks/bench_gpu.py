@@ -97,9 +97,10 @@ def trainer_step(model, inputs, parameters):
     return step
 
 
-def peak_memory(fn) -> float:
+def peak_memory(fn) -> float | None:
+    """GiB the step allocated at its peak on the GPU; None on a CPU (the --dry run), which keeps no such count."""
     if not torch.cuda.is_available():
-        return float("nan")
+        return None
     torch.cuda.reset_peak_memory_stats()
     fn()
     return torch.cuda.max_memory_allocated() / 2**30
@@ -118,7 +119,8 @@ def report(name, seconds, model, inputs, vision_trains, memory):
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     peak = next((tflops for key, tflops in PEAK_BF16_TFLOPS.items() if key in device), None)
     mfu = f"{model_flops(model, inputs, vision_trains) / seconds / (peak * 1e12):5.1%}" if peak else "  n/a"
-    print(f"  {name:<44} {seconds * 1e3:8.1f} ms  {tokens / seconds:9.0f} tokens/s  MFU {mfu}  peak {memory:5.1f} GiB")
+    peak_text = f"{memory:5.1f} GiB" if memory is not None else "  n/a (CPU)"
+    print(f"  {name:<44} {seconds * 1e3:8.1f} ms  {tokens / seconds:9.0f} tokens/s  MFU {mfu}  peak {peak_text}")
 
 
 def freeze_vision(model, lora: bool):
@@ -150,7 +152,9 @@ def main():
     inputs = inputs.to(device)
     inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     base_inputs = {k: v for k, v in inputs.items() if not k.startswith("anchor_")}
-    print(f"{sum(p.numel() for p in model.parameters()) / 1e9:.2f} B parameters on {device} "
+    count = sum(p.numel() for p in model.parameters())
+    print(f"{count / 1e9:.2f} B" if count >= 1e8 else f"{count / 1e6:.2f} M", end=" ")
+    print(f"parameters on {device} "
           f"({torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}), {dtype}, batch "
           f"{inputs['input_ids'].shape[0]} x {inputs['input_ids'].shape[1]} tokens, torch {torch.__version__}; "
           f"built in {time.perf_counter() - start:.0f} s")

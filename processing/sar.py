@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,7 @@ def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None
         try:
             with Image.open(path) as image:  # lazy: the header only, until load()
                 check_image_memory(str(path), *image.size, _pil_bytes_per_pixel(image), max_bytes)
+                warn_if_camera_photo(image, str(path))
                 image.load()
                 return _from_pil(image, str(path), unit)
         except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as error:
@@ -65,6 +67,17 @@ def load_sar_image(source, *, bands=None, unit: str = "auto", polarizations=None
         check_image_memory("the given array", array.shape[2], array.shape[1],
                            radar_bytes_per_pixel(array.shape[0], array.dtype.itemsize), max_bytes)
     return Image.fromarray(sar_to_uint8(array, unit=unit, polarizations=polarizations, nodata=nodata))
+
+
+CAMERA_EXIF_TAGS = (271, 272)  # Make, Model: written by cameras and phones, never by SAR processors
+
+
+def warn_if_camera_photo(image: Image.Image, where: str) -> None:
+    """A photograph is converted and answered like any 8-bit quicklook; say so when the file names its camera."""
+    camera = " ".join(str(image.getexif().get(tag, "")) for tag in CAMERA_EXIF_TAGS).strip()
+    if camera:
+        warnings.warn(f"{where}: a photograph taken with {camera}, not a radar image; the model was trained on SAR and "
+                      "its answers about a photo mean nothing", stacklevel=3)
 
 
 def radar_bytes_per_pixel(bands: int, value_bytes: int) -> int:

@@ -1,5 +1,7 @@
 """SAR normalisation: one function for quicklooks, GeoTIFFs and arrays in any radar unit."""
 
+import warnings
+
 import numpy as np
 import pytest
 import rasterio
@@ -153,3 +155,18 @@ def test_pil_modes(tmp_path):
     Image.fromarray(amplitude.astype(np.uint16)).save(tmp_path / "amplitude.png")  # a 16-bit PNG holds radar values
     image = load_sar_image(tmp_path / "amplitude.png", unit="amplitude")
     assert np.array_equal(np.asarray(image), sar_to_uint8(amplitude.astype(np.uint16)[None].astype(float), unit="amplitude"))
+
+
+def test_a_camera_photo_is_read_with_a_warning(tmp_path):
+    from PIL import Image
+
+    photo = Image.new("RGB", (32, 24), (40, 120, 200))
+    exif = Image.Exif()
+    exif[271], exif[272] = "Canon", "EOS 5D"
+    photo.save(tmp_path / "holiday.jpg", exif=exif)
+    with pytest.warns(UserWarning, match="holiday.jpg: a photograph taken with Canon EOS 5D, not a radar image"):
+        assert load_sar_image(tmp_path / "holiday.jpg").size == (32, 24)
+    photo.save(tmp_path / "quicklook.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_sar_image(tmp_path / "quicklook.png")

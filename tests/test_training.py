@@ -114,7 +114,8 @@ def test_both_stages_save_a_checkpoint_with_its_card(simulated, tmp_path):
     metadata = yaml.safe_load(card.split("---")[1])
     assert metadata["library_name"] == "transformers" and metadata["pipeline_tag"] == "image-text-to-text"
     assert "datasets" not in metadata and "fusar-gpt" in metadata["tags"]  # a local folder is no Hub id
-    assert f"`{simulated.name}`: SAR image - text - AlphaEarth triplets" in card and str(simulated.parent) not in card
+    assert "`fusar-simulated-sar-triplets`: SAR image - text - AlphaEarth triplets" in card  # its dataset card's name
+    assert str(simulated.parent) not in card
     assert "Stage 1 (knowledge injection; tasks: caption)" in card and "Stage 2 (task execution; tasks: " in card
     run = json.loads((output / "fusar_run.json").read_text())
     assert {entry["stage"] for entry in run["history"]} == {1, 2} and (output / "loss_curve.png").stat().st_size > 1000

@@ -142,6 +142,7 @@ def test_the_gpu_benchmark_runs_its_dry_mode():
     assert result.returncode == 0, result.stderr[-3000:]
     for line in ("(a) all of it training", "varlen, with the feature cache", "(c) anchor module", "(d) greedy"):
         assert line in result.stdout
+    assert "nan" not in result.stdout and "0.00 B parameters" not in result.stdout and " M parameters" in result.stdout
 
 
 def test_a_cache_left_by_a_killed_process_is_removed_and_a_live_one_kept(tokenizers, tmp_path):
