@@ -25,18 +25,16 @@ from pathlib import Path
 import datasets
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
-from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
 from command_line import command, local_or_hub_id
 from dataset_scripts.loading import load_triplet_dataset
 from dataset_scripts.schema import FEATURES, TASKS
-from evaluate_bench import row_anchors
 from modeling_fusar import FusarForConditionalGeneration
 from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable
 from processing import FusarProcessor
-from processing.anchors import collate_anchor_sets
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
+from training.collator import FusarDataCollator
 from training.launch import check_data_parallel, machine_defaults
 from training.report import write_model_card, write_loss_curve
 
@@ -75,27 +73,14 @@ class FusarArguments:
                 "reused every later epoch); 0 turns the cache off"})
     vision_feature_cache_disk_gb: float = field(default=50.0, metadata={
         "help": "then this much of a temporary memory-mapped file (removed when the stage ends)"})
+    example_cache_gb: float = field(default=1.0, metadata={
+        "help": "memory for each training example's tokens and pixel values, processed once per stage and reused "
+                "every later epoch; 0 processes every batch anew"})
     tiny_hidden_size: int = 128
     tiny_layers: int = 2
     max_train_examples: int | None = field(default=None, metadata={"help": "use at most this many rows per stage"})
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace the run already in --output_dir "
                                                                          "(only files fusar-train writes are there)"})
-
-
-class FusarDataCollator(DataCollatorForVisionLanguageModeling):
-    """TRL's vision-language collator (chat template, image tokens, assistant-only labels) plus the anchor tensors."""
-
-    def __init__(self, processor, use_anchors: bool = True, **kwargs):
-        super().__init__(processor, assistant_only_loss=True, **kwargs)
-        self.use_anchors = use_anchors
-
-    def torch_call(self, examples):
-        anchors = [row_anchors(example) for example in examples]
-        years = [example.get("year") for example in examples]
-        batch = super().torch_call([{"image": e["image"], "messages": e["messages"]} for e in examples])
-        if self.use_anchors:
-            batch.update(collate_anchor_sets(anchors, years))
-        return batch
 
 
 class FusarSFTTrainer(SFTTrainer):
@@ -268,7 +253,8 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
                               processing_class=processor, peft_config=lora,
-                              data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors))
+                              data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors,
+                                                              cache_bytes=int(args.example_cache_gb * 2**30)))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
     try:
@@ -341,6 +327,9 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
     for flag, value in positive.items():
         if not value > 0:
             raise ValueError(f"{flag} {value}: expected a number above 0")
+    for flag in ("example_cache_gb", "vision_feature_cache_gb", "vision_feature_cache_disk_gb"):
+        if not getattr(args, flag) >= 0:
+            raise ValueError(f"--{flag} {getattr(args, flag)}: expected 0 (off) or more")
     missing = sorted(set(training_args.report_to) - set(get_available_reporting_integrations()))
     if missing:
         raise ValueError(f"--report_to {' '.join(missing)}: not installed here (pip install {' '.join(missing)}), or "

@@ -342,3 +342,27 @@ def test_a_sharded_run_saves_through_the_trainer_and_hands_over_through_files(si
     assert (sharded / "README.md").is_file() and (sharded / "stage1-model" / "history.json").is_file()
     code = train_sft.cli([*options, "--output_dir", str(tmp_path / "lora"), "--use_peft", "true"])
     assert code == 2 and not (tmp_path / "lora" / "stage1").exists()
+
+
+def test_the_collator_gives_trls_batches_and_processes_each_example_once(simulated, monkeypatch):
+    """Each example processed alone and padded gives exactly TRL's batch; a second epoch comes from the cache, and a
+    budget too small for an example keeps nothing."""
+    from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling as TrlCollator
+
+    args, _, model_args = parse("--dataset_name", str(simulated), *FAST)
+    dataset = train_sft.load_triplets(args.dataset_name)
+    _, processor = train_sft.load_model(args, dataset, model_args)
+    rows = [dict(row) for row in dataset["train"].select(range(6))]
+    trl = TrlCollator(processor, assistant_only_loss=True)([{"image": r["image"], "messages": r["messages"]} for r in rows])
+    calls = []
+    process = TrlCollator.torch_call
+    monkeypatch.setattr(TrlCollator, "torch_call", lambda self, examples: calls.append(len(examples)) or process(self, examples))
+    ours = train_sft.FusarDataCollator(processor)
+    for epoch in range(2):
+        batch = ours([dict(row) for row in rows])
+        assert set(trl) <= set(batch) and all(torch.equal(batch[key], trl[key]) for key in trl)
+        assert batch["anchor_values"].shape[0] == len(rows)
+    assert calls == [1] * len(rows)  # once per example, in the first epoch only
+    none_kept = train_sft.FusarDataCollator(processor, cache_bytes=0)
+    assert all(torch.equal(none_kept([dict(row) for row in rows])[key], trl[key]) for key in trl)
+    assert not none_kept.cache
