@@ -368,8 +368,8 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
                     stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         # A folder by its absolute path: PEFT resolves it from wherever the adapter is loaded, not from the adapter.
-        base = stage1_result if args.stage == "both" else Path(args.model) if Path(args.model).exists() else args.model
-        model.peft_config["default"].base_model_name_or_path = str(base.resolve() if isinstance(base, Path) else base)
+        base = stage1_result if args.stage == "both" else Path(args.model)
+        model.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base.exists() else args.model
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output

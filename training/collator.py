@@ -19,12 +19,13 @@ PADDING = {"input_ids": None, "labels": -100}  # None: the tokenizer's pad token
 
 class FusarDataCollator(DataCollatorForVisionLanguageModeling):
     """TRL's vision-language collator (chat template, image tokens, assistant-only labels) plus the anchor tensors.
-    Processed examples are kept by row id up to `cache_bytes` (0: none kept)."""
+    Processed examples are kept up to `cache_bytes` (0: none kept), by row id, scene and text: a dataset that reuses
+    an id (`fusar-data check` reports it) never gets another row's tensors."""
 
     def __init__(self, processor, use_anchors: bool = True, cache_bytes: int = 2**30, **kwargs):
         super().__init__(processor, assistant_only_loss=True, **kwargs)
         self.use_anchors, self.cache_bytes = use_anchors, cache_bytes
-        self.cache: dict[str, tuple[dict, object]] = {}
+        self.cache: dict[tuple, tuple[dict, object]] = {}
         self.cached_bytes = 0
 
     def torch_call(self, examples):
@@ -36,13 +37,13 @@ class FusarDataCollator(DataCollatorForVisionLanguageModeling):
 
     def processed(self, example) -> tuple[dict, object]:
         """(the example as a batch of one, its anchors), from the cache when it was seen before."""
-        key = example.get("id")
+        key = (example.get("id"), example.get("scene_id"), repr(example["messages"]))
         if key in self.cache:
             return self.cache[key]
         features = super().torch_call([{"image": example["image"], "messages": example["messages"]}])
         entry = features, row_anchors(example)
         size = sum(value.nbytes for value in features.values() if isinstance(value, torch.Tensor))
-        if key is not None and self.cached_bytes + size <= self.cache_bytes:
+        if key[0] is not None and self.cached_bytes + size <= self.cache_bytes:
             self.cache[key], self.cached_bytes = entry, self.cached_bytes + size
         return entry
 
