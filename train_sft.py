@@ -261,7 +261,8 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
     finally:
         model.disable_vision_feature_cache()  # its temporary file goes with the stage
-    remove_if_empty(Path(stage_args.output_dir))  # a stage that saved no checkpoint leaves no folder
+    if trainer.args.should_save:  # a stage that saved no checkpoint leaves no folder (one process looks)
+        remove_if_empty(Path(stage_args.output_dir))
     model = trainer.model
     if lora is not None and (stage == 1 or args.merge_lora):
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
@@ -282,8 +283,10 @@ def validation(dataset, tasks: tuple[str, ...], stage_args: SFTConfig):
 
 
 def remove_if_empty(folder: Path) -> None:
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()
+    try:
+        folder.rmdir()  # only an empty folder goes
+    except OSError:  # absent, or holding checkpoints
+        pass
 
 
 def wants_resume(value) -> bool:
