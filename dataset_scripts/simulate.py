@@ -137,8 +137,11 @@ def check_outputs(output, overwrite: bool = False) -> None:
     `.raw` sibling is absent, empty or one that `simulate` wrote (its marker there, nothing else); the raw inputs are
     regenerated on every run, so a folder of simulate's own is rewritten without asking."""
     check_replaceable(output, overwrite=overwrite, owned=DATASET_FILES, tool="fusar-data")
-    check_replaceable(raw_folder(output), overwrite=True, owned=RAW_FILES, tool="fusar-data simulate",
-                      markers=(RAW_MARKER,))
+    raw = raw_folder(output)
+    # Folders written before the marker existed hold all three of simulate's inputs; a user's own scenes do not.
+    older = all((raw / name).exists() for name in ("scenes.jsonl", "sar", "alphaearth"))
+    check_replaceable(raw, overwrite=True, owned=RAW_FILES, tool="fusar-data simulate",
+                      markers=() if older else (RAW_MARKER,))
 
 
 def simulate(output, scenes: int = 300, seed: int = 0, num_proc: int = 1, overwrite: bool = False) -> Path:

@@ -72,6 +72,10 @@ def test_simulate_rewrites_its_own_raw_inputs_on_a_rerun(tmp_path, capsys):
     code, err = run(capsys, "fusar-data", "simulate", "--scenes", "2", "--output", output, "--overwrite")
     assert code == 0, err
     assert tree(tmp_path / "sim.raw") == first
+    (tmp_path / "sim.raw" / "simulation.json").unlink()  # as an older fusar-data wrote it: still simulate's own
+    code, err = run(capsys, "fusar-data", "simulate", "--scenes", "2", "--output", output, "--overwrite")
+    assert code == 0, err
+    assert tree(tmp_path / "sim.raw") == first
 
 
 def test_fusar_main_checks_every_output_before_any_work(tmp_path, capsys):
