@@ -27,7 +27,7 @@ from train_sft import main as train
 from training.report import results_table, write_model_card
 
 CONFIG = Path(__file__).with_name("configs") / "tiny_cpu.yaml"
-MAIN_FILES = ("data/*", "data.raw/*", "data.partial/*", "data-scenes.txt", "fusar-tiny/*", "fusar-tiny-no-anchors/*",
+MAIN_FILES = ("data/*", "data.raw/*", "data.partial/*", ".data.old-*", "data-scenes.txt", "fusar-tiny/*", "fusar-tiny-no-anchors/*",
               "eval/*", "results.json", "results.md")
 SAR_TWINS = ("cropland", "grassland")  # the same backscatter: only the anchors tell them apart
 

@@ -342,11 +342,13 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
     check_data_parallel(training_args)
     check_arguments(args, training_args)
+    if args.model != "tiny":
+        local_or_hub_id(args.model, "--model")
+    dataset = load_triplets(args.dataset_name)  # every input checked before an old run is cleared
+    check_validation_split(dataset, training_args)
     with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
         prepare_output_dir(args, training_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
-    dataset = load_triplets(args.dataset_name)
-    check_validation_split(dataset, training_args)
     model, processor = load_model(args, dataset, model_args)
     stages = planned_stages(args)
     check_plan(stages, model, dataset, args, model_args)

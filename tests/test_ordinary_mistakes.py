@@ -72,10 +72,21 @@ def test_simulate_rewrites_its_own_raw_inputs_on_a_rerun(tmp_path, capsys):
     code, err = run(capsys, "fusar-data", "simulate", "--scenes", "2", "--output", output, "--overwrite")
     assert code == 0, err
     assert tree(tmp_path / "sim.raw") == first
-    (tmp_path / "sim.raw" / "simulation.json").unlink()  # as an older fusar-data wrote it: still simulate's own
+    (tmp_path / "sim.raw" / "simulation.json").unlink()  # as an older fusar-data wrote it, beside its dataset
     code, err = run(capsys, "fusar-data", "simulate", "--scenes", "2", "--output", output, "--overwrite")
     assert code == 0, err
     assert tree(tmp_path / "sim.raw") == first
+
+
+def test_a_users_own_data_laid_out_like_simulates_is_never_replaced(tmp_path, capsys):
+    raw = tmp_path / "mine.raw"
+    for name in ("scenes.jsonl", "sar/a.tif", "alphaearth/2020/t.tif"):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_text("the user's own")
+    before = tree(tmp_path)
+    refused(run(capsys, "fusar-data", "simulate", "--scenes", "2", "--output", tmp_path / "mine"), "fusar-data",
+            "mine.raw: it is not a folder fusar-data simulate wrote")
+    assert tree(tmp_path) == before
 
 
 def test_fusar_main_checks_every_output_before_any_work(tmp_path, capsys):
@@ -135,6 +146,10 @@ def test_numbers_and_integrations_are_refused_before_any_folder_is_made(tmp_path
                     "--report_to", "tensorboard"), "fusar-train", "--report_to tensorboard: not installed here")
     assert not (tmp_path / "t7").exists()  # the corrected command then finds no leftover in its way
     assert run(capsys, "fusar-train", "--dataset_name", data, "--output_dir", tmp_path / "t7", *TRAIN)[0] == 0
+    # A typo beside --overwrite_output_dir is refused before the old run is cleared.
+    refused(run(capsys, "fusar-train", "--dataset_name", "nope_data", "--output_dir", tmp_path / "t7", *TRAIN,
+                "--overwrite_output_dir", "true"), "fusar-train", "no such file or folder")
+    assert (tmp_path / "t7" / "fusar_run.json").is_file()
 
 
 def test_a_base_of_another_vocabulary_is_refused_for_the_base_column(tmp_path, data, tokenizers, capsys):

@@ -218,6 +218,20 @@ def test_a_multi_process_launch_that_starts_one_process_stops(simulated, tmp_pat
     assert "fusar-train: error: accelerate launch was asked for several processes but started one" in result.stderr
 
 
+def test_a_single_process_launch_in_a_cluster_environment_is_not_refused(monkeypatch):
+    """SLURM and Kubernetes jobs export MASTER_ADDR; accelerate sets ACCELERATE_USE_CPU=False for GPU runs."""
+    from training.launch import check_data_parallel
+
+    args = parse("--output_dir", "unused")[1]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")
+    check_data_parallel(args)
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")  # accelerate's CPU launcher asked for several processes
+    with pytest.raises(ValueError, match="started one"):
+        check_data_parallel(args)
+
+
 def test_two_ddp_processes_end_with_identical_parameters(simulated, tmp_path):
     """torchrun with 2 CPU processes (gloo); each rank sees half of every batch and all must agree at the end."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",

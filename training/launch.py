@@ -27,7 +27,8 @@ def check_data_parallel(training_args) -> None:
     any work, in one line, rather than train N copies into one folder."""
     from transformers.training_args import ParallelMode
 
-    if os.environ.get("ACCELERATE_USE_CPU") is not None and os.environ.get("MASTER_ADDR") \
+    # accelerate's CPU launcher (ACCELERATE_USE_CPU true) sets MASTER_ADDR only when asked for several processes.
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" and os.environ.get("MASTER_ADDR") \
             and not any(name in os.environ for name in WORLD_SIZE_VARIABLES):
         raise ValueError("accelerate launch was asked for several processes but started one (its CPU launcher starts "
                          "several only through mpirun); use configs/accelerate/cpu_ddp.yaml or "
