@@ -121,7 +121,6 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
         model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation)
         return model, FusarProcessor.from_base(base_processor)
-    local_or_hub_id(args.model, "--model")
     options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
     config = AutoConfig.from_pretrained(args.model)
     if config.model_type == "fusar_gpt":

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from command_line import local_or_hub_id
 from dataset_scripts.tasks import parse_detection_answer
 
 MAX_UPLOAD_BYTES = 50 * 2**20
@@ -72,8 +73,10 @@ def load_checkpoint(checkpoint: str = DEFAULT_CHECKPOINT):
     import modeling_fusar  # noqa: F401
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    if not Path(checkpoint).exists() and (Path(checkpoint).is_absolute() or checkpoint.count("/") != 1):
-        raise UserError(f"No checkpoint at {checkpoint}: run `fusar-main` first, or pass a checkpoint path or Hub id.")
+    try:
+        local_or_hub_id(checkpoint, "checkpoint")  # the commands' rule: a folder here, or `user/name` on the Hub
+    except ValueError:
+        raise UserError(f"No checkpoint at {checkpoint}: run `fusar-main` first, or pass a checkpoint path or Hub id.") from None
     try:
         return AutoModelForImageTextToText.from_pretrained(checkpoint).eval(), AutoProcessor.from_pretrained(checkpoint)
     except OSError as error:
