@@ -68,7 +68,9 @@ class Footprint:
 
     def points(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map coordinates (x, y in `crs`) of positions given as (row, col) fractions of the image: position 0 and 1
-        are the centres of the first and last pixel."""
+        are the centres of the first and last pixel. In float64: float32 map coordinates are off by up to 0.5 m in
+        a UTM northing, enough to read the neighbouring 10 m pixel."""
+        positions = np.asarray(positions, dtype=np.float64)
         rows = positions[:, 0] * (self.height - 1) + 0.5
         cols = positions[:, 1] * (self.width - 1) + 0.5
         xs, ys = self.transform @ (cols, rows)
@@ -196,9 +198,9 @@ def sample_anchors(source, footprint: Footprint, years, grid_size: int = 8) -> A
     """Anchors on a `grid_size` x `grid_size` grid over `footprint`, one vector per year; masked where the source
     has no data (nodata pixels, points outside every tile, years it does not hold)."""
     years = [int(y) for y in ([years] if np.isscalar(years) else years)]
-    positions = grid_positions(grid_size)
+    positions = grid_positions(grid_size, dtype=np.float64)
     xs, ys = footprint.points(positions)
     spacing = min(footprint.size_m()) / grid_size  # the closer anchors decide how coarse a read may be
     values = np.stack([source.read(year, footprint.crs, xs, ys, spacing_m=spacing) for year in years], axis=1)
     mask = np.isfinite(values).all(-1)
-    return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions, mask, years)
+    return AnchorSet(np.where(mask[..., None], values, 0).astype(np.float32), positions.astype(np.float32), mask, years)

@@ -26,8 +26,10 @@ import io
 import json
 import os
 import threading
-import uuid
+import time
+import urllib.error
 import urllib.request
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,9 @@ from rasterio.windows import Window
 from .alphaearth import DIM, NODATA, dequantize
 
 
+RETRY_CODES = (429, 500, 502, 503, 504)
+
+
 @dataclass
 class HttpOptions:
     """How the network is used: per-request timeout, retries (GDAL doubles the delay after each), files read at once."""
@@ -54,7 +59,10 @@ class HttpOptions:
     def gdal(self) -> dict:
         return {"GDAL_HTTP_TIMEOUT": max(1, round(self.timeout)), "GDAL_HTTP_MAX_RETRY": self.retries,
                 "GDAL_HTTP_RETRY_DELAY": self.retry_delay, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
-                "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff", "GDAL_HTTP_RETRY_CODES": "429,500,502,503,504",
+                "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff", "GDAL_HTTP_RETRY_CODES": ",".join(map(str, RETRY_CODES)),
+                # One GET per block, each exactly its bytes: otherwise /vsicurl/ rounds every range to its 16 kB chunks
+                # and reads ahead, ~1.4x the bytes for the release's separate-plane (one tile per band) files.
+                "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",
                 # GDAL would remember a failed file for the life of the process; our block cache holds what was read.
                 "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
 
@@ -144,7 +152,23 @@ def gdal_path(location: str) -> str:
     return location
 
 
-def read_index(location: str, timeout: float, cache: BlockCache) -> dict[str, np.ndarray]:
+def download(url: str, http: HttpOptions) -> bytes:
+    """A whole file, retried like GDAL retries the blocks: on 429 / 5xx and lost connections, the delay doubling."""
+    for attempt in range(http.retries + 1):
+        try:
+            with urllib.request.urlopen(url, timeout=http.timeout) as response:
+                return response.read()
+        except urllib.error.HTTPError as error:
+            if error.code not in RETRY_CODES or attempt == http.retries:
+                raise
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            if attempt == http.retries:
+                raise
+        time.sleep(http.retry_delay * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def read_index(location: str, http: HttpOptions, cache: BlockCache) -> dict[str, np.ndarray]:
     """The index's columns this reader needs: relative path, year, and WGS84 bounds per file. A downloaded index is
     kept in the cache (delete the cache folder, or give `index=` a new name, for a newer release)."""
     import pyarrow.parquet as pq
@@ -158,8 +182,7 @@ def read_index(location: str, timeout: float, cache: BlockCache) -> dict[str, np
             if kept.is_file():
                 table = pq.read_table(kept)
             else:
-                with urllib.request.urlopen(location, timeout=timeout) as response:
-                    data = response.read()
+                data = download(location, http)
                 table = pq.read_table(io.BytesIO(data))  # kept only once it parses (not a proxy's error page)
                 cache._write(kept, data)
         else:
@@ -188,7 +211,7 @@ class AlphaEarthCloud:
         self.cache = BlockCache(folder, cache_bytes)
         self.headers: dict[str, dict] = {}  # read from the cache (or the file) once per process
         self.index_location = index or f"{self.source}/aef_index.parquet"
-        self.index = read_index(self.index_location, self.http.timeout, self.cache)
+        self.index = read_index(self.index_location, self.http, self.cache)
 
     def __repr__(self) -> str:  # what a build's fingerprint records of its anchor source
         return f"AlphaEarthCloud({self.source!r}, index={self.index_location!r})"

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
+from .names import SPLITS, TASKS
+
 SCHEMA_VERSION = "1.0"
-TASKS = ("caption", "counting", "localization", "classification", "detection", "vqa", "landcover")
-SPLITS = ("train", "validation", "test")
 
 FEATURES = Features({
     "id": Value("string"),

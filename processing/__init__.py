@@ -1,8 +1,16 @@
-"""SAR images and geographic anchors in the form FUSAR-GPT reads them."""
+"""SAR images and geographic anchors in the form FUSAR-GPT reads them.
 
-from .anchors import AnchorSet, as_anchor_set, collate_anchor_sets, sample_field
-from .processing_fusar import FusarProcessor
-from .sar import load_sar_image, sar_to_uint8
+Names are imported on first use: the data tools (`processing.sar`, `processing.anchors`) need neither torch nor
+transformers, which take seconds to import."""
 
-__all__ = ["AnchorSet", "FusarProcessor", "as_anchor_set", "collate_anchor_sets", "load_sar_image", "sample_field",
-           "sar_to_uint8"]
+import importlib
+
+_WHERE = {"AnchorSet": "anchors", "as_anchor_set": "anchors", "collate_anchor_sets": "anchors", "sample_field": "anchors",
+          "FusarProcessor": "processing_fusar", "load_sar_image": "sar", "sar_to_uint8": "sar"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'processing' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 @dataclass
@@ -55,7 +54,7 @@ def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, wh
         return _validated(values, source["positions"], source.get("mask"), source.get("years", years), anchor_dim, where)
     if isinstance(source, tuple) and len(source) == 2:
         return _validated(source[0], source[1], None, years, anchor_dim, where)
-    array = np.asarray(source.detach().cpu() if isinstance(source, torch.Tensor) else source)
+    array = np.asarray(source.detach().cpu() if hasattr(source, "detach") else source)  # a torch tensor
     if array.ndim in (3, 4):
         return sample_field(array, anchor_dim=anchor_dim, grid_size=grid_size, years=years, where=where)
     raise ValueError(f"{where}: cannot read anchors from {type(source).__name__} of shape {getattr(array, 'shape', None)}")
@@ -123,7 +122,10 @@ def _min_max(column: np.ndarray) -> np.ndarray:
 
 
 def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> AnchorSet:
-    values = np.asarray(values, dtype=np.float32)
+    try:
+        values, positions = np.asarray(values, dtype=np.float32), np.asarray(positions, dtype=np.float32)
+    except (TypeError, ValueError) as error:  # strings, objects: say which input
+        raise ValueError(f"{where}: anchor values and positions must be numbers ({error})") from error
     if values.ndim == 2:  # one year
         values = values[:, None]
     if mask is not None and np.ndim(mask) == 1:
@@ -132,7 +134,6 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
         raise ValueError(f"{where}: anchor values must be [S, D] or [S, T, D], got shape {values.shape}")
     if values.shape[-1] != anchor_dim:
         raise ValueError(f"{where}: anchor vectors have {values.shape[-1]} dimensions, expected anchor_dim={anchor_dim}")
-    positions = np.asarray(positions, dtype=np.float32)
     if positions.shape != (values.shape[0], 2):
         raise ValueError(f"{where}: positions must be [S, 2] = {(values.shape[0], 2)}, got {positions.shape}")
     finite = np.isfinite(values).all(-1)
@@ -157,13 +158,13 @@ def _validated(values, positions, mask, years, anchor_dim: int, where: str) -> A
                      mask, None if years is None else [int(y) for y in years])
 
 
-def grid_positions(grid_size: int) -> np.ndarray:
+def grid_positions(grid_size: int, dtype=np.float32) -> np.ndarray:
     """(row, col) fractions of a `grid_size` x `grid_size` grid of cell centres, row-major."""
     if not isinstance(grid_size, int) or isinstance(grid_size, bool) or grid_size < 1:
         raise ValueError(f"grid_size must be a positive integer, got {grid_size!r}")
     centres = (np.arange(grid_size) + 0.5) / grid_size
     rows, cols = np.meshgrid(centres, centres, indexing="ij")
-    return np.stack([rows.ravel(), cols.ravel()], -1).astype(np.float32)
+    return np.stack([rows.ravel(), cols.ravel()], -1).astype(dtype)
 
 
 def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, years=None, where="field") -> AnchorSet:
@@ -183,9 +184,11 @@ def sample_field(field: np.ndarray, *, anchor_dim: int, grid_size: int = 8, year
     return _validated(values, positions, None, years, anchor_dim, where)
 
 
-def collate_anchor_sets(sets: list[AnchorSet], acquisition_years=None) -> dict[str, torch.Tensor]:
+def collate_anchor_sets(sets: list[AnchorSet], acquisition_years=None) -> dict[str, "torch.Tensor"]:
     """Pad anchor sets into the model's batch tensors: anchor_values [B, S, T, D], anchor_positions [B, S, 2],
     anchor_mask [B, S, T] and, where years and acquisition years are known, anchor_year_offsets [B, T]."""
+    import torch  # here, not at the top: reading anchors (fusar-data) needs no torch
+
     batch = len(sets)
     anchors = max([s.values.shape[0] for s in sets] + [1])
     years = max(s.num_years for s in sets)

@@ -120,7 +120,7 @@ def read_geotiff_bands(path, bands=None, max_bytes: int | None = None):
         with rasterio.open(path) as dataset:
             descriptions = [d.upper() if d else None for d in dataset.descriptions]
             indexes = _band_indexes(path, bands, descriptions, dataset.count)
-            value_bytes = max(np.dtype(dataset.dtypes[i - 1]).itemsize for i in indexes)
+            value_bytes = max(read_dtype(dataset.dtypes[i - 1]).itemsize for i in indexes)
             check_image_memory(str(path), dataset.width, dataset.height, radar_bytes_per_pixel(len(indexes), value_bytes),
                                max_bytes)
             data = dataset.read(indexes)
@@ -128,6 +128,12 @@ def read_geotiff_bands(path, bands=None, max_bytes: int | None = None):
             return data, (names if all(names) else None), dataset.nodata
     except rasterio.errors.RasterioError as error:
         raise ValueError(f"{path}: not a readable GeoTIFF ({error})") from error
+
+
+def read_dtype(name: str) -> np.dtype:
+    """The numpy type rasterio reads a band of GDAL type `name` into: CInt16 (how Sentinel-1 SLC measurements are
+    stored) has no numpy twin and is read as complex64."""
+    return np.dtype("complex64" if name == "complex_int16" else name)
 
 
 def _band_indexes(path, bands, descriptions, count) -> list[int]:

@@ -2,6 +2,7 @@
 (top-down and bottom-up, int8, 64 bands, tiled, with overviews) and its index GeoParquet."""
 
 import struct
+import urllib.request
 
 import numpy as np
 import pyarrow as pa
@@ -112,6 +113,68 @@ def test_a_flaky_server_is_retried_to_the_same_anchors(release, tmp_path):
     np.testing.assert_array_equal(got.values, expected.values)
 
 
+def test_a_503_on_the_index_is_retried(release, tmp_path):
+    with serve(release) as server:
+        server.total_sent()  # (not counted as a request) ...
+        server.set(fail_every=2)
+        urllib.request.urlopen(f"{server.url}/aef_index.parquet").read()  # request 1 answered; the index is request 2
+        source = cloud(server, tmp_path)  # its first try is answered 503, the retry is not
+    assert source.years() == [2021]
+
+
+def test_anchor_pixels_are_exact_where_float32_map_coordinates_are_not(tmp_path):
+    """Southern UTM northings near 10,000 km: float32 holds them to 1 m, so a float32 computation reads the
+    neighbouring 10 m pixel for some anchors. Every anchor must read the pixel an exact (float64) rowcol names."""
+    crs, top, left, side = CRS.from_epsg(32733), 9_990_000.0, 600_000.0, 256
+    codes = np.random.default_rng(5).integers(-127, 128, (64, side, side)).astype(np.int8)
+    path = tmp_path / "2021" / "33S" / "tile.tiff"
+    path.parent.mkdir(parents=True)
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=64, dtype="int8", crs=crs,
+                       transform=from_origin(left, top, PIXEL, PIXEL), tiled=True, blockxsize=128, blockysize=128) as d:
+        d.write(codes)
+    tiles, rng, checked = AlphaEarthTiles(tmp_path), np.random.default_rng(6), 0
+    from dataset_scripts.alphaearth import dequantize
+
+    for _ in range(40):  # chips of 1068 px at 2.3 m offset by odd amounts, as a harvest cuts them
+        chip = Footprint(crs, from_origin(left + rng.uniform(0, 50), top - rng.uniform(0, 50), 2.3, 2.3), 1068, 1068)
+        anchors = sample_anchors(tiles, chip, 2021, grid_size=8)
+        rows = anchors.positions[:, 0].astype(np.float64) * 1067 + 0.5
+        cols = anchors.positions[:, 1].astype(np.float64) * 1067 + 0.5
+        xs = chip.transform.c + cols * chip.transform.a
+        ys = chip.transform.f + rows * chip.transform.e
+        r, c = np.floor((top - ys) / PIXEL).astype(int), np.floor((xs - left) / PIXEL).astype(int)
+        np.testing.assert_array_equal(anchors.values[:, 0], dequantize(codes[:, r, c].T))
+        checked += len(r)
+    assert checked == 40 * 64
+
+
+def test_only_the_blocks_under_the_anchors_are_fetched_from_separate_plane_files(tmp_path):
+    """The release's files hold one tile per band (separate planes), ZSTD: GDAL's default /vsicurl/ reads would
+    round each tile's range up to 16 kB chunks and read ahead."""
+    side, block = 512, 256
+    path = tmp_path / "2021" / "31N" / "planes.tiff"
+    path.parent.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=64, dtype="int8", crs=UTM,
+                       transform=from_origin(LEFT, TOP, PIXEL, PIXEL), tiled=True, blockxsize=block, blockysize=block,
+                       compress="zstd", interleave="band") as dataset:
+        dataset.write(rng.integers(-20, 20, (64, side, side)).astype(np.int8))
+    west, south, east, north = transform_bounds(UTM, "EPSG:4326", LEFT, TOP - side * PIXEL, LEFT + side * PIXEL, TOP)
+    pq.write_table(pa.Table.from_pylist([{"path": "2021/31N/planes.tiff", "year": 2021, "wgs84_west": west,
+                                          "wgs84_south": south, "wgs84_east": east, "wgs84_north": north}]),
+                   tmp_path / "aef_index.parquet")
+    chip = footprint(LEFT + 300 * PIXEL, TOP - 300 * PIXEL, 400)  # inside block (1, 1)
+    with rasterio.open(path) as dataset:
+        needed = sum(dataset.block_size(band, 1, 1) for band in range(1, 65))
+    with serve(tmp_path) as server:
+        source = cloud(server, tmp_path / "cache", index=str(tmp_path / "aef_index.parquet"))
+        before = server.total_sent()
+        anchors = sample_anchors(source, chip, 2021, grid_size=4)
+        fetched = server.total_sent() - before
+    assert anchors.mask.all()
+    assert needed <= fetched < 1.05 * needed + 64 * 1024, (fetched, needed)  # the blocks, plus the header
+
+
 def test_failures_are_clear_and_nothing_half_read_is_kept(release, tmp_path):
     chip = footprint(LEFT + 300, TOP - 300, 150)  # anchors < 20 m apart: full resolution
     with serve(release) as server:
@@ -164,6 +227,12 @@ def test_the_commands_take_the_cloud_source(release, tmp_path, capsys):
                                  "--source", server.url, "--alphaearth-cache", str(tmp_path / "cache"), "--output",
                                  str(tmp_path / "chip.npz")], capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr
+        no_model_stack = subprocess.run([sys.executable, "-c", "import sys; from dataset_scripts.cli import main; "
+                                         f"main(['anchors', {str(tmp_path / 'chip.tif')!r}, '--source', {server.url!r}, "
+                                         f"'--alphaearth-cache', {str(tmp_path / 'cache')!r}, '--output', "
+                                         f"{str(tmp_path / 'again.npz')!r}]); print('torch' in sys.modules, "
+                                         "'transformers' in sys.modules)"], capture_output=True, text=True, timeout=600)
+        assert no_model_stack.stdout.strip().endswith("False False"), no_model_stack.stderr  # seconds of imports saved
         found = int(expected.mask.any(-1).sum())  # the tile's nodata corner covers some of the chip
         assert 0 < found < 64 and f"{found} of 64 anchors with AlphaEarth data, years [2021]" in result.stdout
         anchors = as_anchor_set(tmp_path / "chip.npz", anchor_dim=64)  # what the processor and the Space read

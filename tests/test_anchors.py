@@ -21,6 +21,9 @@ def test_npz_without_the_expected_keys(tmp_path):
     np.savez(tmp_path / "odd.npz", vectors=np.zeros((3, 64)))
     with pytest.raises(ValueError, match=r"odd.npz: an anchor .npz needs 'features' \(or 'values'\) and 'positions'"):
         as_anchor_set(tmp_path / "odd.npz", anchor_dim=64)
+    np.savez(tmp_path / "strings.npz", features=np.full((3, 64), "x"), positions=np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="strings.npz: anchor values and positions must be numbers"):
+        as_anchor_set(tmp_path / "strings.npz", anchor_dim=64)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="junk.npz: not an .npz or .npy anchor file"):
         as_anchor_set(tmp_path / "junk.npz", anchor_dim=64)

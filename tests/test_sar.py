@@ -86,9 +86,9 @@ def test_nodata_and_nan_are_black_and_left_out_of_the_range():
     assert np.array_equal(image[10:], sar_to_uint8(db[:, 10:], unit="db"))
 
 
-def write_geotiff(path, data, descriptions=None, nodata=None):
+def write_geotiff(path, data, descriptions=None, nodata=None, dtype=None):
     with rasterio.open(path, "w", driver="GTiff", width=data.shape[2], height=data.shape[1], count=data.shape[0],
-                       dtype=data.dtype, crs="EPSG:32631", transform=from_origin(500000, 4800000, 10, 10),
+                       dtype=dtype or data.dtype, crs="EPSG:32631", transform=from_origin(500000, 4800000, 10, 10),
                        nodata=nodata) as dataset:
         dataset.write(data)
         for i, description in enumerate(descriptions or []):
@@ -110,6 +110,40 @@ def test_complex_geotiff(tmp_path):
     slc = (np.sqrt(speckled_intensity(seed=9)) * np.exp(0.5j)).astype(np.complex64)
     write_geotiff(tmp_path / "slc.tif", slc)
     assert np.array_equal(np.asarray(load_sar_image(tmp_path / "slc.tif")), sar_to_uint8(np.abs(slc) ** 2, unit="intensity"))
+
+
+def real_amplitude():
+    """Real Sentinel-1 VV amplitude (from the shared Sen1floods11 chip's dB, NaN nodata dropped to its median)."""
+    with rasterio.open(shared_data("sen1floods11", "Spain_7370579_S1Hand.tif")) as dataset:
+        db = dataset.read(1, window=((0, 64), (0, 80))).astype(np.float64)
+    db[~np.isfinite(db)] = np.nanmedian(db)
+    return 10 ** (db / 20)
+
+
+def test_a_complex_int16_geotiff_reads_like_its_complex64_twin(tmp_path):
+    """Sentinel-1 SLC measurement files are CInt16: real amplitudes scaled to digital numbers, with a phase."""
+    phase = np.exp(1j * np.random.default_rng(3).uniform(-np.pi, np.pi, real_amplitude().shape))
+    slc = np.round(real_amplitude() * 400 * phase).astype(np.complex64)[None]
+    write_geotiff(tmp_path / "slc_cint16.tif", slc.astype(np.complex64), ["VV"], dtype="complex_int16")
+    with rasterio.open(tmp_path / "slc_cint16.tif") as dataset:
+        assert dataset.dtypes == ("complex_int16",)  # truly CInt16 on disk
+    write_geotiff(tmp_path / "slc_c64.tif", slc, ["VV"])
+    image = np.asarray(load_sar_image(tmp_path / "slc_cint16.tif"))
+    assert np.array_equal(image, np.asarray(load_sar_image(tmp_path / "slc_c64.tif")))
+    assert np.array_equal(image, sar_to_uint8(np.abs(slc) ** 2, unit="intensity"))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "int32", "uint32", "float32", "float64", "complex64", "complex128"])
+def test_every_type_gdal_gives_sar_products_reads(tmp_path, dtype):
+    """GRD digital numbers (uint16), calibrated floats, and complex SLC values of either precision."""
+    amplitude = real_amplitude() * 300
+    data = amplitude * np.exp(0.3j) if dtype.startswith("complex") else np.round(amplitude)
+    write_geotiff(tmp_path / f"{dtype}.tif", data.astype(dtype)[None])
+    intensity = np.abs(data.astype(dtype).astype(np.complex128)) ** 2
+    image = np.asarray(load_sar_image(tmp_path / f"{dtype}.tif"))
+    assert image.shape == (*amplitude.shape, 3) and image.std() > 10  # the real scene's texture, not a blank
+    if dtype.startswith("complex"):
+        assert np.array_equal(image, sar_to_uint8(intensity[None], unit="intensity"))
 
 
 @pytest.mark.parametrize("name", ["broken.png", "broken.jpg", "broken.tif"])
