@@ -8,7 +8,7 @@ from pathlib import Path
 
 from command_line import command, non_negative_int, positive_int
 
-from .schema import SPLITS, TASKS
+from .names import SPLITS, TASKS
 
 
 def parse_tasks(text: str) -> tuple[str, ...]:
@@ -86,10 +86,44 @@ def main(argv=None) -> int:
     anchors.add_argument("--grid-size", type=positive_int, default=8, help="anchors per side (default 8)")
     anchors.add_argument("--output", required=True, help="the .npz to write (values, positions, mask, years)")
 
+    harvest = commands.add_parser("harvest", help="real triplets: Major-TOM Sentinel-1 chips + WorldCover facts + "
+                                  "AlphaEarth anchors, on local processes or Ray")
+    where = harvest.add_mutually_exclusive_group()
+    where.add_argument("--bbox", type=float, nargs=4, metavar=("WEST", "SOUTH", "EAST", "NORTH"),
+                       help="region in degrees (patch centres inside)")
+    where.add_argument("--region", help="region as a GeoJSON (Multi)Polygon file, lon/lat")
+    harvest.add_argument("--start", type=iso_date, help="first acquisition date (YYYY-MM-DD)")
+    harvest.add_argument("--end", type=iso_date, help="last acquisition date (YYYY-MM-DD), inclusive")
+    harvest.add_argument("--max-chips", type=positive_int, help="stop after this many chips")
+    harvest.add_argument("--max-nodata", type=float, default=0.0, help="largest nodata share of a patch and a chip "
+                         "(default 0)")
+    harvest.add_argument("--chip-size", type=positive_int, default=504, help="chip side in pixels (default 504: 2 x 2 "
+                         "chips per 1,068 px patch)")
+    harvest.add_argument("--grid-size", type=positive_int, default=8, help="anchors per side of a chip (default 8)")
+    harvest.add_argument("--source", default="Major-TOM/Core-S1RTC", help="the Major-TOM Core-S1RTC Hub id, or a "
+                         "local folder of its layout (metadata.parquet, images/)")
+    harvest.add_argument("--alphaearth", default="https://data.source.coop/tge-labs/aef/v1/annual",
+                         help="the AlphaEarth release (URL or folder; default the public mirror), 'none' for no anchors")
+    add_alphaearth_options(harvest)
+    harvest.add_argument("--worldcover", default="https://esa-worldcover.s3.eu-central-1.amazonaws.com",
+                         help="the ESA WorldCover release (URL or folder of its layout)")
+    harvest.add_argument("--templates", help="JSON file of text templates (keys as dataset_scripts/facts.py TEMPLATES)")
+    add_split_option(harvest)
+    harvest.add_argument("--output", required=True, help="folder, or a Hub dataset repo as hf://datasets/<user>/<name>")
+    harvest.add_argument("--overwrite", action="store_true", help="replace an earlier harvest in the output")
+    harvest.add_argument("--engine", choices=["local", "ray"], default="local",
+                         help="local processes (default) or Ray tasks (pip install 'fusar-gpt[ray]')")
+    harvest.add_argument("--num-proc", type=positive_int, default=1, help="local processes (or CPUs of a local Ray)")
+    harvest.add_argument("--ray-address", help="a running Ray cluster (default: start a local instance)")
+    harvest.add_argument("--patches-per-shard", type=positive_int, default=4, help="patches per resumable shard")
+    harvest.add_argument("--name", default="fusar-harvested-sar-triplets", help="dataset name in the card")
+
     check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
     check.add_argument("dataset", help="dataset folder or Hub repo id")
 
     args = parser.parse_args(argv)
+    if args.command == "harvest":
+        return run_harvest(args)
     if args.command == "anchors":
         return write_anchors(args)
     if args.command == "check":
@@ -108,6 +142,48 @@ def main(argv=None) -> int:
         api.upload_folder(folder_path=str(output), repo_id=args.push_to_hub, repo_type="dataset",
                           commit_message="Upload dataset with fusar-data")
         print(f"pushed to {url}")
+    return 0
+
+
+def iso_date(text: str) -> str:
+    import datetime
+
+    try:
+        return datetime.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
+
+
+def run_harvest(args) -> int:
+    """`fusar-data harvest`: select patches, then harvest them (see dataset_scripts/harvest.py)."""
+    from .facts import load_templates
+    from .harvest import HarvestConfig, harvest
+    from .majortom import Region, read_metadata, select
+
+    if args.start and args.end and args.start > args.end:
+        raise ValueError(f"--start {args.start} is after --end {args.end}")
+    if args.engine == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise ValueError("--engine ray needs Ray: pip install 'fusar-gpt[ray]'")
+    config = HarvestConfig(source=args.source, worldcover=args.worldcover,
+                           alphaearth=None if args.alphaearth == "none" else args.alphaearth,
+                           alphaearth_index=args.alphaearth_index, alphaearth_cache=args.alphaearth_cache,
+                           chip_size=args.chip_size, grid_size=args.grid_size, max_nodata=args.max_nodata,
+                           split=args.split, templates=load_templates(args.templates), name=args.name)
+    polygon = Region(args.region) if args.region else None
+    patches = read_metadata(args.source)
+    chosen = select(patches, bbox=args.bbox, polygon=polygon, start=args.start, end=args.end, max_nodata=args.max_nodata)
+    region = f"bbox {args.bbox}" if args.bbox else f"GeoJSON {Path(args.region).name}" if args.region else ""
+    dates = f"{args.start or 'any'} to {args.end or 'any'}"
+    if not chosen:
+        raise ValueError(f"no patches in {args.source} match: {region or 'anywhere'}, dates {dates}, nodata at most "
+                         f"{args.max_nodata:g} ({len(patches)} patches in the metadata)")
+    totals = harvest(chosen, args.output, config, max_chips=args.max_chips, patches_per_shard=args.patches_per_shard,
+                     engine=args.engine, num_proc=args.num_proc, ray_address=args.ray_address,
+                     overwrite=args.overwrite, region=f"{region or 'anywhere'}, dates {dates}")
+    print(f"dataset written to {args.output}: " + ", ".join(f"{s} {n} rows" for s, n in totals.items() if n))
     return 0
 
 

@@ -28,6 +28,9 @@ FEATURES = Features({
     "source": Value("string"),  # provenance and licence
 })
 
+# Columns a dataset may add: harvested chips keep the facts their texts were made from.
+OPTIONAL_FEATURES = {"facts": Value("string")}
+
 FIELD_DOCS = {
     "id": "unique row id (`<scene_id>-<task>-<n>`)",
     "scene_id": "the scene the row is about; splits never share a scene",
