@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     harvest.add_argument("--worldcover", default="https://esa-worldcover.s3.eu-central-1.amazonaws.com",
                          help="the ESA WorldCover release (URL or folder of its layout)")
     harvest.add_argument("--templates", help="JSON file of text templates (keys as dataset_scripts/facts.py TEMPLATES)")
+    harvest.add_argument("--rewrite", metavar="MODULE:FUNCTION", help="a hook (caption, facts) -> caption, e.g. a "
+                         "local language model's rewording; off by default (the template's caption stays in facts)")
     add_split_option(harvest)
     harvest.add_argument("--output", required=True, help="folder, or a Hub dataset repo as hf://datasets/<user>/<name>")
     harvest.add_argument("--overwrite", action="store_true", help="replace an earlier harvest in the output")
@@ -118,12 +120,25 @@ def main(argv=None) -> int:
     harvest.add_argument("--patches-per-shard", type=positive_int, default=4, help="patches per resumable shard")
     harvest.add_argument("--name", default="fusar-harvested-sar-triplets", help="dataset name in the card")
 
+    retext = commands.add_parser("retext", help="a harvested dataset's texts made again from its facts, with other "
+                                 "templates")
+    retext.add_argument("dataset", help="a harvested dataset: folder or Hub id")
+    retext.add_argument("--templates", required=True, help="JSON file of text templates (keys as TEMPLATES in "
+                        "dataset_scripts/facts.py)")
+    retext.add_argument("--output", required=True, help="folder for the new dataset")
+    retext.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
+
     check = commands.add_parser("check", help="validate a dataset folder or Hub id; exit 1 if anything is wrong")
     check.add_argument("dataset", help="dataset folder or Hub repo id")
 
     args = parser.parse_args(argv)
     if args.command == "harvest":
         return run_harvest(args)
+    if args.command == "retext":
+        from .retext import retext
+
+        print(f"dataset written to {retext(args.dataset, args.output, args.templates, args.overwrite)}")
+        return 0
     if args.command == "anchors":
         return write_anchors(args)
     if args.command == "check":
@@ -171,7 +186,8 @@ def run_harvest(args) -> int:
                            alphaearth=None if args.alphaearth == "none" else args.alphaearth,
                            alphaearth_index=args.alphaearth_index, alphaearth_cache=args.alphaearth_cache,
                            chip_size=args.chip_size, grid_size=args.grid_size, max_nodata=args.max_nodata,
-                           split=args.split, templates=load_templates(args.templates), name=args.name)
+                           split=args.split, templates=load_templates(args.templates), rewrite=args.rewrite,
+                           name=args.name)
     polygon = Region(args.region) if args.region else None
     patches = read_metadata(args.source)
     chosen = select(patches, bbox=args.bbox, polygon=polygon, start=args.start, end=args.end, max_nodata=args.max_nodata)

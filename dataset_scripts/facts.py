@@ -75,6 +75,11 @@ def shares(classes: np.ndarray) -> dict[str, float]:
             for v, n in sorted(zip(values, counts), key=lambda vn: -vn[1])} if total else {}
 
 
+def ranked(shares_: dict[str, float]) -> list[tuple[str, float]]:
+    """Largest share first, ties by name: the same order however the facts were stored (JSON sorts keys)."""
+    return sorted(shares_.items(), key=lambda item: (-item[1], item[0]))
+
+
 def bin_of(share: float) -> str:
     return "none" if share == 0 else next(label for low, label in BINS if share >= low)
 
@@ -90,7 +95,7 @@ def texts(facts: dict, templates: dict = TEMPLATES) -> list[tuple[str, str, str,
     shares_ = facts["classes"]
     if facts["mapped"] < MIN_MAPPED or not shares_:
         return []
-    dominant = next(iter(shares_))  # shares are sorted, largest first
+    dominant = ranked(shares_)[0][0]
     out = [("caption", "caption", "Describe this SAR image.", caption(facts, templates)),
            ("dominant", "landcover", templates["dominant_question"].format(classes=", ".join(CLASSES.values())),
             dominant),
@@ -109,7 +114,7 @@ def texts(facts: dict, templates: dict = TEMPLATES) -> list[tuple[str, str, str,
 
 def caption(facts: dict, templates: dict) -> str:
     shares_ = facts["classes"]
-    named = [(name, share) for name, share in shares_.items() if share >= NAMED_SHARE]
+    named = [(name, share) for name, share in ranked(shares_) if share >= NAMED_SHARE]
     first, share = named[0]
     terrain = ("mostly " if share >= MOSTLY_SHARE else "mainly ") + f"{first} ({share:.0%})"
     if len(named) > 1:

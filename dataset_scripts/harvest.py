@@ -53,6 +53,7 @@ class HarvestConfig:
     max_nodata: float = 0.0
     split: str = "hashed"  # by a hash of the grid cell (a place is in one split), or every row in one split
     templates: dict = field(default_factory=lambda: dict(TEMPLATES))
+    rewrite: str | None = None  # "module:function" (caption, facts) -> caption, e.g. a local language model; off
     name: str = "fusar-harvested-sar-triplets"
 
     def __post_init__(self):
@@ -250,6 +251,8 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
     made = texts(facts, config.templates)
     if not made:
         raise ChipSkipped(f"only {facts['mapped']:.0%} of it is mapped by WorldCover (open sea or outside the map)")
+    if config.rewrite:
+        made = rewritten(made, facts, config.rewrite)
     image = load_sar_image(np.stack([np.nan_to_num(vv), np.nan_to_num(vh)]), unit="intensity",
                            polarizations=["VV", "VH"], nodata=0)
     buffer = io.BytesIO()
@@ -267,6 +270,24 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
     return [{"id": f"{scene_id}-{task}-{key}", "task": task,
              "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}], **shared}
             for key, task, question, answer in made]
+
+
+def rewritten(made: list[tuple], facts: dict, hook: str) -> list[tuple]:
+    """The caption passed through the user's hook; the template's caption stays in the facts, for audit."""
+    import importlib
+
+    module, _, name = hook.partition(":")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ValueError(f"--rewrite {hook}: cannot import it ({error}); give module:function") from error
+    out = []
+    for key, task, question, answer in made:
+        if key == "caption":
+            facts["template_caption"] = answer
+            answer = str(function(answer, dict(facts)))
+        out.append((key, task, question, answer))
+    return out
 
 
 def nearest_year(year: int, available: list[int]) -> int | None:

@@ -141,8 +141,9 @@ def write_alphaearth(root: Path, classes: np.ndarray, left: float, top: float, s
                                           "wgs84_north": north, "geometry": wkb}]), root / "aef_index.parquet")
 
 
-def build(root: Path, shared: Path) -> dict:
-    """All three replicas under `root` (majortom/, worldcover/, alphaearth/); returns what the tests compare with."""
+def build(root: Path, shared: Path, repeats: int = 0) -> dict:
+    """All three replicas under `root` (majortom/, worldcover/, alphaearth/); returns what the tests compare with.
+    `repeats` adds that many later acquisitions of patches A and B (for benchmarks)."""
     vv_db, vh_db, classes, left, top = scene_on_utm_grid(shared)
     power = [np.where(np.isfinite(db), 10 ** (db / 10), 0).astype(np.float32) for db in (vv_db, vh_db)]
     shift = PATCH * PIXEL  # patch B: the next grid cell east
@@ -151,6 +152,9 @@ def build(root: Path, shared: Path) -> dict:
              ("C", left + 2 * shift, top, "2021-07-01 06:20:15", 0.0, corrupt),  # a row group that is not GeoTIFFs
              ("D", left, top, "2019-05-02 06:20:15", 0.0, {}),  # another year, same place
              ("E", left + shift, top, "2021-08-01 06:20:15", 0.4, {})]  # 40% nodata in the metadata
+    for number in range(repeats):
+        specs += [(f"A{number}", left, top, f"2021-09-{number % 28 + 1:02d} 06:20:15", 0.0, {}),
+                  (f"B{number}", left + shift, top, f"2021-10-{number % 28 + 1:02d} 18:05:01", 0.0, {})]
     patches = []
     for name, x, y, timestamp, nodata, override in specs:
         (lon,), (lat,) = transform_points(UTM, "EPSG:4326", [x + shift / 2], [y - shift / 2])

@@ -102,6 +102,7 @@ class Hub:
         self.lock = threading.RLock()
         self.log: list[str] = []  # "METHOD path status [error]" per request, for tests to inspect
         self.lfs_uploads: list[str] = []  # sha256 of each blob PUT to the LFS upload URL
+        self.sent = 0  # bytes of file contents answered (`resolve`), for benchmarks
         self.url = ""
 
     def store(self, data: bytes, lfs: bool) -> Entry:
@@ -409,6 +410,9 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+            if "/resolve/" in url.path:
+                with self.hub.lock:
+                    self.hub.sent += len(payload)
 
     do_HEAD = do_POST = do_PUT = do_GET
 

@@ -262,3 +262,37 @@ def test_a_geojson_region_with_a_hole(tmp_path):
     (tmp_path / "p.geojson").write_text(json.dumps({"type": "Point", "coordinates": [0, 0]}))
     with pytest.raises(ValueError, match="p.geojson: the region must be a Polygon or MultiPolygon, got 'Point'"):
         Region(tmp_path / "p.geojson")
+
+
+def test_texts_are_made_again_from_the_facts_and_a_rewrite_hook_keeps_the_template_caption(replica, tmp_path):
+    root, _ = replica
+    args = [*local_args(root, tmp_path / "cache"), "--start", "2021-01-01", "--max-chips", "4"]
+    harvest(*args, "--output", str(tmp_path / "plain"))
+    (tmp_path / "t.json").write_text(json.dumps({"caption": "Radar view of {date}; land: {terrain}.",
+                                                 "presence_question": "Does the image show {name}? yes or no."}))
+    result = subprocess.run([FUSAR_DATA, "retext", str(tmp_path / "plain"), "--templates", str(tmp_path / "t.json"),
+                             "--output", str(tmp_path / "again")], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    before, after = rows_of(tmp_path / "plain"), rows_of(tmp_path / "again")
+    for split in before:
+        for old, new in zip(before[split], after[split]):
+            assert old["id"] == new["id"] and old["facts"] == new["facts"] and old["anchor_values"] == new["anchor_values"]
+            question, answer = new["messages"][0]["content"], new["messages"][1]["content"]
+            if new["task"] == "caption":
+                assert answer.startswith(f"Radar view of {json.loads(new['facts'])['date']}; land: ")
+            elif "yes or no" in question:
+                assert question.startswith("Does the image show ") and answer == old["messages"][1]["content"]
+            else:
+                assert new["messages"] == old["messages"]
+    assert "`t.json` (`fusar-data retext`)" in (tmp_path / "again" / "README.md").read_text()
+    (tmp_path / "hooks.py").write_text("def shout(caption, facts):\n    return caption.upper()\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    harvest(*args, "--rewrite", "hooks:shout", "--output", str(tmp_path / "loud"), env=env)
+    for plain, loud in zip(*(sum(rows_of(tmp_path / name).values(), []) for name in ("plain", "loud"))):
+        if loud["task"] == "caption":
+            assert loud["messages"][1]["content"] == plain["messages"][1]["content"].upper()
+            assert json.loads(loud["facts"])["template_caption"] == plain["messages"][1]["content"]
+        else:
+            assert loud["messages"] == plain["messages"]
+    missing = harvest(*args, "--rewrite", "hooks:nothing", "--output", str(tmp_path / "x"), check=False, env=env)
+    assert missing.returncode == 2 and "--rewrite hooks:nothing: cannot import it" in missing.stderr
