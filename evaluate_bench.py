@@ -27,9 +27,9 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from command_line import command, local_or_hub_id, positive_int
-from processing.anchors import as_anchor_set, collate_anchor_sets
+from dataset_scripts.schema import row_anchors
+from processing.anchors import collate_anchor_sets
 
-ANCHOR_DIM = 64
 METRICS_DIR = Path(str(resources.files("fusar_metrics")))  # metrics/ in a checkout, installed with the package
 TASK_METRICS = {"counting": "sar_counting", "localization": "sar_grid", "classification": "sar_classification",
                 "detection": "sar_detection", "caption": "sar_caption", "vqa": "sar_exact_match",
@@ -40,14 +40,6 @@ def normalise(text: str) -> str:
     """Lower case, no surrounding punctuation or articles, single spaces: 'The Cropland.' -> 'cropland'."""
     text = re.sub(r"[^\w\s\[\]{}\":,.-]", " ", text.lower()).strip(" .")
     return " ".join(word for word in text.split() if word not in ("a", "an", "the"))
-
-
-def row_anchors(row: dict, anchor_dim: int = ANCHOR_DIM):
-    """A dataset row's anchors as an AnchorSet (an empty one when the row has none)."""
-    if not row["anchor_values"]:
-        return as_anchor_set(None, anchor_dim=anchor_dim)
-    return as_anchor_set({"values": row["anchor_values"], "positions": row["anchor_positions"],
-                          "mask": row["anchor_mask"], "years": row["anchor_years"] or None}, anchor_dim=anchor_dim)
 
 
 def variant_anchors(rows, variant: str, seed: int = 0) -> list | None:

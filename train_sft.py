@@ -6,7 +6,7 @@ anchor module only). Stage 2, task execution: the other tasks; trains the langua
 with the anchor module frozen, starting from stage 1's result.
 
     accelerate launch train_sft.py --config configs/tiny_cpu.yaml
-    fusar-train --dataset_name outputs/simulated --model tiny --output_dir outputs/fusar-tiny
+    fusar-train --dataset_name outputs/simulated --model_name_or_path tiny --output_dir outputs/fusar-tiny
 """
 
 from __future__ import annotations
@@ -23,19 +23,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
-from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_quantization_config
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
 from command_line import command, local_or_hub_id
 from dataset_scripts.loading import load_triplet_dataset
-from dataset_scripts.schema import FEATURES, TASKS
+from dataset_scripts.schema import FEATURES
 from modeling_fusar import FusarForConditionalGeneration
 from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable
 from processing import FusarProcessor
+from processing.base import load_base_processor
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
 from training.collator import FusarDataCollator
+from training.flags import RECIPE_DEFAULTS, check_flags
 from training.launch import check_data_parallel, machine_defaults
+from training.plan import planned_stages, stage_tasks, trains_anchor_module
 from training.report import write_model_card, write_loss_curve
 
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
@@ -47,8 +51,6 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 @dataclass
 class FusarArguments:
     dataset_name: str = field(default="outputs/simulated", metadata={"help": "triplet dataset: local folder or Hub id"})
-    model: str = field(default="tiny", metadata={"help": "'tiny' (built offline), a base VLM (path / Hub id) or a "
-                                                          "FUSAR-GPT checkpoint"})
     stage: str = field(default="both", metadata={"help": "1, 2 or both", "choices": ["1", "2", "both"]})
     stage1_epochs: float = 30.0
     stage1_learning_rate: float = 1e-4
@@ -83,6 +85,14 @@ class FusarArguments:
                                                                          "(only files fusar-train writes are there)"})
 
 
+@dataclass
+class FusarModelConfig(ModelConfig):
+    """TRL's model options, with the model named once: `--model_name_or_path` (TRL's name), `--model` its alias."""
+
+    model_name_or_path: str = field(default="tiny", metadata={
+        "help": "'tiny' (built offline), a base VLM (path / Hub id) or a FUSAR-GPT checkpoint", "aliases": ["--model"]})
+
+
 class FusarSFTTrainer(SFTTrainer):
     """SFTTrainer with the model's own loss. TRL's fused LM-head loss reads `model.base_model(...).last_hidden_state`,
     which assumes the backbone alone takes the images; FUSAR-GPT modulates them in its own forward first."""
@@ -110,29 +120,84 @@ def load_triplets(name: str) -> datasets.DatasetDict:
     return dataset
 
 
-def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = None):
-    """(model, processor) for `--model`: the tiny offline default, a FUSAR-GPT checkpoint, or a base to wrap."""
-    model_args = model_args or ModelConfig()
-    if args.model == "tiny":
+def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = None, chat_template_path=None):
+    """(model, processor) for `--model_name_or_path`: the tiny offline default, a FUSAR-GPT checkpoint, or a base to
+    wrap; `chat_template_path` (TRL's flag) replaces the processor's template."""
+    model_args = model_args or FusarModelConfig()
+    if model_args.model_name_or_path == "tiny":
         from modeling_fusar.tiny import DEFAULT_CORPUS, tiny_qwen2_5_vl, train_tokenizer
 
         corpus = [m["content"] for row in dataset["train"].select_columns(["messages"]) for m in row["messages"]]
         base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
         model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation)
-        return model, FusarProcessor.from_base(base_processor)
-    options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation}
-    config = AutoConfig.from_pretrained(args.model)
-    if config.model_type == "fusar_gpt":
-        options["vision_attn_implementation"] = args.vision_attn_implementation
-        model, processor = AutoModelForImageTextToText.from_pretrained(args.model, **options), AutoProcessor.from_pretrained(args.model)
+        processor = FusarProcessor.from_base(base_processor)  # its template has the markers
     else:
-        options["vision_attn_implementation"] = args.vision_attn_implementation
-        # Any layout of a base: a saved processor, or a Hub snapshot (preprocessor_config.json, chat_template.json, ...).
-        model, processor = FusarForConditionalGeneration.from_base(args.model, **options), FusarProcessor.from_base(args.model)
-    if not GENERATION_MARKER.search(processor.chat_template or ""):  # assistant-only loss needs these markers
+        source = model_args.model_name_or_path
+        model = load_weights(source, args, model_args, quantized=True)
+        # Any layout of a base: a saved processor, or a Hub snapshot (preprocessor_config.json, chat_template.json...).
+        processor = AutoProcessor.from_pretrained(source, revision=model_args.model_revision) \
+            if is_fusar_checkpoint(source, model_args) else \
+            FusarProcessor.from_base(load_base_processor(source, revision=model_args.model_revision))
+    if chat_template_path:
+        processor.chat_template = Path(chat_template_path).read_text()
+    elif not GENERATION_MARKER.search(processor.chat_template or ""):  # the answer-only loss needs these markers
         processor.chat_template = training_chat_template(model.config.base_config.model_type)
     return model, processor
+
+
+def is_fusar_checkpoint(source, model_args: ModelConfig) -> bool:
+    return AutoConfig.from_pretrained(source, revision=model_args.model_revision).model_type == "fusar_gpt"
+
+
+def load_weights(source, args: FusarArguments, model_args: ModelConfig, quantized: bool):
+    """FUSAR-GPT from a checkpoint or around a base, in `--dtype`; in 4 / 8 bits when asked and `quantized` (never
+    when merging: LoRA is merged into full-precision weights)."""
+    options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
+               "vision_attn_implementation": args.vision_attn_implementation, "revision": model_args.model_revision}
+    config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
+    quantization = get_quantization_config(model_args) if quantized else None
+    if quantization is not None:
+        quantization.llm_int8_skip_modules = full_precision_modules(config)
+        if model_args.load_in_4bit and model_args.dtype in (None, "auto"):
+            quantization.bnb_4bit_compute_dtype = torch.float32
+        options["quantization_config"] = quantization
+    if config.model_type == "fusar_gpt":
+        return AutoModelForImageTextToText.from_pretrained(source, **options)
+    return FusarForConditionalGeneration.from_base(source, **options)
+
+
+def full_precision_modules(config) -> list[str]:
+    """Full module names kept out of quantisation: the vision tower and projector (every part of the backbone beside
+    its language model), the LM head and the anchor module. transformers 5 matches these from the start of the full
+    name: a bare "visual" would keep nothing out."""
+    with torch.device("meta"):  # the module tree only, no memory
+        skeleton = AutoModelForImageTextToText.from_config(config)
+    fusar = isinstance(skeleton, FusarForConditionalGeneration)
+    vlm, prefix = (skeleton.vlm, "vlm.") if fusar else (skeleton, "")
+    decoder = vlm.get_decoder()
+    kept = [f"{prefix}model.{name}" for name, child in vlm.model.named_children() if child is not decoder]
+    return kept + [f"{prefix}lm_head"] + (["anchor_module"] if fusar else [])
+
+
+def is_quantized(model_args: ModelConfig) -> bool:
+    return bool(model_args.load_in_4bit or model_args.load_in_8bit)
+
+
+def full_precision_result(trained, source, args: FusarArguments, model_args: ModelConfig):
+    """A stage trained on a quantised base, as full-precision weights: `source` reloaded in `--dtype`, then the LoRA
+    merged into it (merging into 4-bit weights would round the update away) or the trained anchor module copied."""
+    import tempfile
+
+    from peft import PeftModel
+
+    full = load_weights(source, args, model_args, quantized=False)
+    if not isinstance(trained, PeftModel):  # only the anchor module trained (full precision all along)
+        full.anchor_module.load_state_dict(trained.anchor_module.state_dict())
+        return full
+    with tempfile.TemporaryDirectory(prefix="fusar-adapter-") as folder:
+        trained.save_pretrained(folder)
+        return PeftModel.from_pretrained(full, folder).merge_and_unload()
 
 
 def training_chat_template(model_type: str) -> str:
@@ -142,22 +207,6 @@ def training_chat_template(model_type: str) -> str:
         raise ValueError(f"the {model_type} processor's chat template has no {{% generation %}} markers and TRL has no "
                          "training template for it; set --chat_template_path to a template with them")
     return template.read_text()
-
-
-def stage_tasks(stage: int, args: FusarArguments) -> tuple[str, ...]:
-    tasks = args.stage1_tasks if stage == 1 else args.stage2_tasks or [t for t in TASKS if t not in args.stage1_tasks]
-    unknown = sorted(set(tasks) - set(TASKS))
-    if unknown:
-        raise ValueError(f"--stage{stage}_tasks: unknown tasks {unknown}; choose from {', '.join(TASKS)}")
-    return tuple(tasks)
-
-
-def planned_stages(args: FusarArguments) -> tuple[int, ...]:
-    return (1, 2) if args.stage == "both" else (int(args.stage),)
-
-
-def trains_anchor_module(stage: int, args: FusarArguments) -> bool:
-    return args.use_anchors and (stage == 1 or args.stage2_train_anchor_module)
 
 
 def parameters_sharded() -> bool:
@@ -220,13 +269,16 @@ def peft_config(model, stage: int, args: FusarArguments, model_args: ModelConfig
     train_lora = stage == 2 or args.stage1_train_language_model
     if not model_args.use_peft or not train_lora:
         return None
+    to_save = (["anchor_module"] if trains_anchor_module(stage, args) else []) + list(model_args.lora_modules_to_save or [])
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
-                      target_modules=model.lora_target_modules,
-                      modules_to_save=["anchor_module"] if trains_anchor_module(stage, args) else None)
+                      target_modules=model_args.lora_target_modules or model.lora_target_modules,
+                      modules_to_save=to_save or None, use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)
 
 
 def run_stage(stage: int, model, processor, dataset, args: FusarArguments, training_args: SFTConfig,
-              model_args: ModelConfig):
+              model_args: ModelConfig, source=None):
+    """Train one stage; `source` is where its weights were loaded from (a quantised run reloads it in full
+    precision to merge into)."""
     tasks = stage_tasks(stage, args)
     train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
     if args.max_train_examples:
@@ -252,8 +304,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
                               processing_class=processor, peft_config=lora,
-                              data_collator=FusarDataCollator(processor, use_anchors=args.use_anchors,
-                                                              cache_bytes=int(args.example_cache_gb * 2**30)))
+                              data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
     try:
@@ -263,9 +314,20 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     if trainer.args.should_save:  # a stage that saved no checkpoint leaves no folder (one process looks)
         remove_if_empty(Path(stage_args.output_dir))
     model = trainer.model
-    if lora is not None and (stage == 1 or args.merge_lora):
+    keep_adapter = lora is not None and stage == 2 and not args.merge_lora
+    if is_quantized(model_args) and not keep_adapter:
+        model = full_precision_result(model, source, args, model_args)
+    elif lora is not None and not keep_adapter:
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
     return model, trainer.state.log_history, trainer
+
+
+def collator(processor, args: FusarArguments, training_args: SFTConfig) -> FusarDataCollator:
+    """The training collator with TRL's sequence flags: --max_length, --pad_to_multiple_of, --assistant_only_loss."""
+    multiple = training_args.pad_to_multiple_of
+    return FusarDataCollator(processor, use_anchors=args.use_anchors, cache_bytes=int(args.example_cache_gb * 2**30),
+                             max_length=training_args.max_length, assistant_only_loss=training_args.assistant_only_loss,
+                             pad_to_multiple_of=None if multiple == "auto" else multiple)
 
 
 def check_validation_split(dataset, training_args: SFTConfig) -> None:
@@ -302,7 +364,7 @@ def resume_point(value, stage_dir: str):
     return latest_whole_checkpoint(Path(stage_dir))
 
 
-def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
+def prepare_output_dir(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig) -> None:
     """Before any work: a resume names a checkpoint of this run; a new run never mixes with an old one's files."""
     output, resume = Path(training_args.output_dir), training_args.resume_from_checkpoint
     if wants_resume(resume):
@@ -311,7 +373,7 @@ def prepare_output_dir(args: FusarArguments, training_args: SFTConfig) -> None:
         return
     if check_replaceable(output, overwrite=args.overwrite_output_dir, owned=RUN_FILES, tool="fusar-train",
                          flag="--resume_from_checkpoint true to continue it, or --overwrite_output_dir true",
-                         markers=RUN_MARKERS, inputs=[args.model, args.dataset_name]):
+                         markers=RUN_MARKERS, inputs=[model_args.model_name_or_path, args.dataset_name]):
         shutil.rmtree(output)  # the old run's weights, checkpoints and stage-1 model must not outlive it
 
 
@@ -340,15 +402,16 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
     check_data_parallel(training_args)
+    check_flags(training_args, model_args)
     check_arguments(args, training_args)
-    if args.model != "tiny":
-        local_or_hub_id(args.model, "--model")
+    if model_args.model_name_or_path != "tiny":
+        local_or_hub_id(model_args.model_name_or_path, "--model_name_or_path")
     dataset = load_triplets(args.dataset_name)  # every input checked before an old run is cleared
     check_validation_split(dataset, training_args)
     with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
-        prepare_output_dir(args, training_args)
+        prepare_output_dir(args, training_args, model_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training
-    model, processor = load_model(args, dataset, model_args)
+    model, processor = load_model(args, dataset, model_args, training_args.chat_template_path)
     stages = planned_stages(args)
     check_plan(stages, model, dataset, args, model_args)
     output = Path(training_args.output_dir)
@@ -357,23 +420,22 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     for stage in stages:
         if stage == 1 and args.stage == "both" and wants_resume(training_args.resume_from_checkpoint) \
                 and (stage1_result / "history.json").exists():  # stage 1 finished before the stop
-            model = AutoModelForImageTextToText.from_pretrained(
-                stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+            model = load_weights(stage1_result, args, model_args, quantized=True)
             history += json.loads((stage1_result / "history.json").read_text())
             continue
-        model, log, trainer = run_stage(stage, model, processor, dataset, args, training_args, model_args)
+        source = stage1_result if stage == 2 and args.stage == "both" else model_args.model_name_or_path
+        model, log, trainer = run_stage(stage, model, processor, dataset, args, training_args, model_args, source)
         history += [dict(entry, stage=stage) for entry in log]
         if stage == 1 and args.stage == "both":  # where stage 2 resumes from, and the stage-1 model for ablations
             save_result(trainer, model, processor, stage1_result)
             if trainer.args.should_save:
                 (stage1_result / "history.json").write_text(json.dumps(history))  # written last: stage 1 is complete
-            if parameters_sharded():  # stage 2 starts from whole weights, which its own Trainer shards again
-                model = AutoModelForImageTextToText.from_pretrained(
-                    stage1_result, dtype=model_args.dtype, attn_implementation=model_args.attn_implementation)
+            if parameters_sharded() or is_quantized(model_args):  # stage 2 starts from whole weights, which its own
+                model = load_weights(stage1_result, args, model_args, quantized=True)  # Trainer shards again
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         # A folder by its absolute path: PEFT resolves it from wherever the adapter is loaded, not from the adapter.
-        base = stage1_result if args.stage == "both" else Path(args.model)
-        model.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base.exists() else args.model
+        base = stage1_result if args.stage == "both" else Path(model_args.model_name_or_path)
+        model.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base.exists() else model_args.model_name_or_path
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output
@@ -393,10 +455,21 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     return output
 
 
+class FusarParser(TrlParser):
+    """TrlParser that also takes a config file's `model:` key (the alias of `model_name_or_path`)."""
+
+    def set_defaults_with_config(self, **config):
+        if "model" in config:
+            if "model_name_or_path" in config:
+                raise ValueError("the config file gives both model and model_name_or_path: keep one")
+            config["model_name_or_path"] = config.pop("model")
+        return super().set_defaults_with_config(**config)
+
+
 def parse_arguments(argv=None) -> tuple[FusarArguments, SFTConfig, ModelConfig]:
     """fusar-train's flags and `--config` YAML keys, over defaults that run on this machine."""
-    parser = TrlParser((FusarArguments, SFTConfig, ModelConfig))
-    parser.set_defaults(**machine_defaults())  # a --config file's keys override these
+    parser = FusarParser((FusarArguments, SFTConfig, FusarModelConfig))
+    parser.set_defaults(**machine_defaults(), **RECIPE_DEFAULTS)  # a --config file's keys override these
     return parser.parse_args_and_config(args=argv)
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from datasets import Features, Image, List, Value
 
+from processing.anchors import as_anchor_set
+
+from .alphaearth import DIM
 from .names import SPLITS, TASKS
 
 SCHEMA_VERSION = "1.0"
@@ -50,3 +53,11 @@ FIELD_DOCS = {
     "objects": "boxes [x1, y1, x2, y2] in pixels of `image`, with their category",
     "source": "provenance and licence of the scene, its labels and its anchors",
 }
+
+
+def row_anchors(row: dict, anchor_dim: int = DIM):
+    """A row's anchor columns as the AnchorSet the processor and the model read (empty when the row has none)."""
+    if not row["anchor_values"]:
+        return as_anchor_set(None, anchor_dim=anchor_dim)
+    return as_anchor_set({"values": row["anchor_values"], "positions": row["anchor_positions"],
+                          "mask": row["anchor_mask"], "years": row["anchor_years"] or None}, anchor_dim=anchor_dim)

@@ -189,7 +189,7 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
     from transformers import AutoModelForImageTextToText
 
     import publish
-    from evaluate_bench import row_anchors
+    from dataset_scripts.schema import row_anchors
     from processing.anchors import collate_anchor_sets
 
     model_dir, raw = checkpoint

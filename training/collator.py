@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from evaluate_bench import row_anchors
+from dataset_scripts.schema import row_anchors
 from processing.anchors import collate_anchor_sets
 
 PADDING = {"input_ids": None, "labels": -100}  # None: the tokenizer's pad token; any other sequence key pads with 0
@@ -22,8 +22,9 @@ class FusarDataCollator(DataCollatorForVisionLanguageModeling):
     Processed examples are kept up to `cache_bytes` (0: none kept), by row id, scene and text: a dataset that reuses
     an id (`fusar-data check` reports it) never gets another row's tensors."""
 
-    def __init__(self, processor, use_anchors: bool = True, cache_bytes: int = 2**30, **kwargs):
-        super().__init__(processor, assistant_only_loss=True, **kwargs)
+    def __init__(self, processor, use_anchors: bool = True, cache_bytes: int = 2**30, assistant_only_loss: bool = True,
+                 **kwargs):
+        super().__init__(processor, assistant_only_loss=assistant_only_loss, **kwargs)
         self.use_anchors, self.cache_bytes = use_anchors, cache_bytes
         self.cache: dict[tuple, tuple[dict, object]] = {}
         self.cached_bytes = 0
@@ -40,7 +41,13 @@ class FusarDataCollator(DataCollatorForVisionLanguageModeling):
         key = (example.get("id"), example.get("scene_id"), repr(example["messages"]))
         if key in self.cache:
             return self.cache[key]
-        features = super().torch_call([{"image": example["image"], "messages": example["messages"]}])
+        try:
+            features = super().torch_call([{"image": example["image"], "messages": example["messages"]}])
+        except ValueError as error:  # transformers' check that truncation kept every image token
+            if self.max_length is None or "token count" not in str(error):
+                raise
+            raise ValueError(f"--max_length {self.max_length} cuts the image tokens of row {example.get('id')}: raise "
+                             "it, or set it to null for no limit") from error
         entry = features, row_anchors(example)
         size = sum(value.nbytes for value in features.values() if isinstance(value, torch.Tensor))
         if key[0] is not None and self.cached_bytes + size <= self.cache_bytes:

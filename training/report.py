@@ -8,6 +8,8 @@ import yaml
 
 from dataset_scripts.alphaearth import ATTRIBUTION, LICENSE as ALPHAEARTH_LICENSE
 
+from .plan import planned_stages, trains_anchor_module
+
 
 def results_table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table of {column: {task: score}}: one row per task ("all" last), one column per run."""
@@ -65,12 +67,12 @@ def dataset_name(source: str) -> str:
     return card_metadata(source).get("pretty_name") or public_name(source)
 
 
-def model_licence(args) -> str:
+def model_licence(args, model: str) -> str:
     """The weights' licence: the base model's (its card), or for the tiny model built here the training data's; else
     `other` (the card's Licences section says what applies)."""
-    if args.model == "tiny":
+    if model == "tiny":
         return card_metadata(args.dataset_name).get("license", "other")
-    return card_metadata(args.model).get("license", "other")
+    return card_metadata(model).get("license", "other")
 
 
 def write_model_card(output: Path, args, training_args, model_args, history: list[dict], results: dict | None = None,
@@ -78,18 +80,17 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
     """README.md with the Hub's metadata (library, pipeline, base model, datasets, tags, licence), the recipe (each
     stage's `stage_tasks`: the tasks it trained on) and, when given, evaluation results
     (`{column: {task: accuracy}}`)."""
+    model = model_args.model_name_or_path
     metadata = {
         "library_name": "transformers",
         "pipeline_tag": "image-text-to-text",
-        "license": model_licence(args),
+        "license": model_licence(args, model),
         "tags": ["fusar-gpt", "sar", "synthetic-aperture-radar", "remote-sensing", "alphaearth", "trl", "sft"],
     }
     if not Path(args.dataset_name).exists():  # Hub ids only: the Hub links these
         metadata["datasets"] = [args.dataset_name]
-    if args.model != "tiny" and not Path(args.model).exists():
-        metadata["base_model"] = args.model
-    from train_sft import planned_stages, trains_anchor_module  # (train_sft imports this module)
-
+    if model != "tiny" and not Path(model).exists():
+        metadata["base_model"] = model
     stages = planned_stages(args)
     lora = (f"LoRA r={model_args.lora_r}, alpha={model_args.lora_alpha} on every linear layer of the language model"
             if model_args.use_peft else "the whole language model (no PEFT)")
@@ -97,7 +98,7 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
     trains = {1: ["the anchor module"] * anchors_train[1] + [lora] * args.stage1_train_language_model,
               2: ["the anchor module"] * anchors_train[2] + [lora]}
     final_loss = [entry["loss"] for entry in history if "loss" in entry]
-    tiny = args.model == "tiny"
+    tiny = model == "tiny"
     repo = training_args.hub_model_id or f"./{output.name}"  # fusar-publish writes the repository it uploads to
     data_licence = card_metadata(args.dataset_name).get("license", "see its dataset card")
     lines = [
@@ -125,9 +126,16 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         + (", simulated: speckled scenes with an AlphaEarth-like field, not real SAR." if tiny else "."),
         f"Anchors {'used' if args.use_anchors else 'NOT used (an ablation run)'}.", "",
         "## Recipe", "",
-        f"- Base: `{public_name(args.model)}`" + (" (a tiny random Qwen2.5-VL-shaped model built offline)" if tiny else ""),
+        f"- Base: `{public_name(model)}`" + (" (a tiny random Qwen2.5-VL-shaped model built offline)" if tiny else ""),
         f"- Stages run: {' then '.join(map(str, stages))}",
     ]
+    if model_args.load_in_4bit or model_args.load_in_8bit:  # QLoRA: say what was quantised and what was not
+        bits = f"4-bit {model_args.bnb_4bit_quant_type.upper()}" if model_args.load_in_4bit else "8-bit"
+        lines.append(f"- Quantised training (QLoRA): the base's language model loaded in {bits}"
+                     + (" with nested quantisation" if model_args.use_bnb_nested_quant else "")
+                     + "; the vision tower, the LM head and the anchor module kept in full precision; each stage's "
+                     f"LoRA (r={model_args.lora_r}) merged into the full-precision weights (the base reloaded in "
+                     f"{model_args.dtype}), never into the quantised ones")
     for stage, name, epochs, rate in ((1, "knowledge injection", args.stage1_epochs, args.stage1_learning_rate),
                                       (2, "task execution", args.stage2_epochs, args.stage2_learning_rate)):
         if stage in stages:
@@ -148,7 +156,7 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
         "them the model sees the image alone.",
         "- Counts, boxes and grid cells are generated text: check them before use.", "",
         "## Licences", "",
-        f"- Weights: `{metadata['license']}`" + ("" if tiny else f" (the base model `{public_name(args.model)}`'s; "
+        f"- Weights: `{metadata['license']}`" + ("" if tiny else f" (the base model `{public_name(model)}`'s; "
                                                   "see its card)"),
         f"- Training data: {data_licence}",
         f"- AlphaEarth anchors: {ALPHAEARTH_LICENSE}", "",

@@ -1,0 +1,121 @@
+"""Every flag `fusar-train --help` shows (TRL's SFTConfig and ModelConfig) works or is refused in one line: the
+tables of `training/flags.py` walked against TRL's own fields, each refusal tried, the honoured ones checked."""
+
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainingArguments
+from trl import ModelConfig, SFTConfig
+
+import train_sft
+from dataset_scripts.simulate import simulate
+from training.flags import HONOURED, REFUSED, check_flags
+
+FUSAR_TRAIN = str(Path(sys.executable).with_name("fusar-train"))
+TRAINER_FIELDS = {f.name for f in dataclasses.fields(TrainingArguments)}
+TRL_FIELDS = {f.name for f in dataclasses.fields(SFTConfig)} - TRAINER_FIELDS | {f.name for f in dataclasses.fields(ModelConfig)}
+# A value other than the default, for each refused flag, as a user would type it.
+EXAMPLES = {"model_init_kwargs": '{"low_cpu_mem_usage": true}', "trust_remote_code": "true",
+            "router_aux_loss_coef": "0.01", "dataset_text_field": "caption", "dataset_kwargs": '{"a": 1}',
+            "dataset_num_proc": "2", "eos_token": "<|end|>", "pad_token": "<|pad|>", "truncation_mode": "keep_end",
+            "shuffle_dataset": "true", "packing": "true", "packing_strategy": "wrapped", "padding_free": "true",
+            "eval_packing": "true", "completion_only_loss": "true", "lora_target_parameters": "experts.weight",
+            "lora_task_type": "SEQ_CLS", "num_train_epochs": "7", "learning_rate": "0.5",
+            "remove_unused_columns": "true", "use_liger_kernel": "true", "do_predict": "true"}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return simulate(tmp_path_factory.mktemp("flags") / "sim", scenes=8)
+
+
+def test_every_flag_trl_adds_is_placed_once():
+    assert TRL_FIELDS <= set(HONOURED) | set(REFUSED), sorted(TRL_FIELDS - set(HONOURED) - set(REFUSED))
+    assert not set(HONOURED) & set(REFUSED)
+    assert set(HONOURED) | set(REFUSED) <= TRL_FIELDS | TRAINER_FIELDS  # nothing listed that TRL does not offer
+    assert set(EXAMPLES) == set(REFUSED)
+
+
+@pytest.mark.parametrize("name", sorted(REFUSED))
+def test_each_refused_flag_stops_with_one_line(name):
+    try:
+        _, training_args, model_args = train_sft.parse_arguments([f"--{name}", EXAMPLES[name], "--output_dir", "o"])
+    except ValueError as error:  # TRL itself refuses some combinations while parsing
+        assert error.args[0], name
+        return
+    with pytest.raises(ValueError, match=rf"^--{name} .*: not supported by fusar-train \(.+\)$"):
+        check_flags(training_args, model_args)
+
+
+def test_the_shipped_configs_use_no_refused_flag():
+    for config in sorted((Path(train_sft.__file__).parent / "configs").glob("*.yaml")):
+        check_flags(*train_sft.parse_arguments(["--config", str(config)])[1:])
+
+
+def test_through_the_shell_a_refused_flag_and_trls_model_flag(data, tmp_path):
+    refused = subprocess.run([FUSAR_TRAIN, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+                              "--packing", "true"], capture_output=True, text=True, timeout=600)
+    assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
+    assert "--packing True: not supported by fusar-train (one sequence per image" in refused.stderr
+    missing = subprocess.run([FUSAR_TRAIN, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+                              "--model_name_or_path", "/nonexistent/model", "--max_steps", "1", "--stage", "1"],
+                             capture_output=True, text=True, timeout=600)
+    assert missing.returncode == 2 and "/nonexistent/model: no such file or folder" in missing.stderr, missing.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_is_an_alias_of_model_name_or_path(tmp_path):
+    (tmp_path / "c.yaml").write_text("model: some/base\noutput_dir: o\n")  # an older config's key
+    for argv in (["--model", "a/b"], ["--model_name_or_path", "a/b"], ["--config", str(tmp_path / "c.yaml")]):
+        model_args = train_sft.parse_arguments([*argv, "--output_dir", "o"])[2]
+        assert model_args.model_name_or_path == ("some/base" if "--config" in argv else "a/b")
+    (tmp_path / "both.yaml").write_text("model: a/b\nmodel_name_or_path: c/d\n")
+    with pytest.raises(ValueError, match="gives both model and model_name_or_path"):
+        train_sft.parse_arguments(["--config", str(tmp_path / "both.yaml")])
+
+
+def test_lora_flags_reach_the_lora_config(data):
+    args, _, model_args = train_sft.parse_arguments(
+        ["--use_peft", "true", "--lora_r", "3", "--lora_alpha", "6", "--lora_dropout", "0.2", "--use_rslora", "true",
+         "--use_dora", "true", "--lora_target_modules", "q_proj", "v_proj", "--lora_modules_to_save", "vlm.lm_head",
+         "--tiny_hidden_size", "64", "--output_dir", "o"])
+    model, _ = train_sft.load_model(args, train_sft.load_triplets(str(data)), model_args)
+    config = train_sft.peft_config(model, 1, args, model_args)
+    assert (config.r, config.lora_alpha, config.lora_dropout, config.use_rslora, config.use_dora) == (3, 6, 0.2, True, True)
+    assert config.target_modules == {"q_proj", "v_proj"} and config.modules_to_save == ["anchor_module", "vlm.lm_head"]
+    assert train_sft.peft_config(model, 2, args, model_args).modules_to_save == ["vlm.lm_head"]  # anchor module frozen
+
+
+def test_sequence_flags_reach_the_collator_and_the_template_flag_the_processor(data, tmp_path):
+    rows = train_sft.load_triplets(str(data))
+    args, training_args, model_args = train_sft.parse_arguments(["--tiny_hidden_size", "64", "--output_dir", "o"])
+    model, processor = train_sft.load_model(args, rows, model_args)
+    row = next(r for r in rows["train"] if r["task"] == "caption")
+    answer_only = train_sft.collator(processor, args, training_args)([row])
+    every_token = train_sft.collator(processor, args, train_sft.parse_arguments(
+        ["--assistant_only_loss", "false", "--output_dir", "o"])[1])([row])
+    assert 0 < (answer_only["labels"] != -100).sum() < (every_token["labels"] != -100).sum()
+    length = answer_only["input_ids"].shape[1]
+    cut = train_sft.collator(processor, args, train_sft.parse_arguments(
+        ["--max_length", str(length - 3), "--output_dir", "o"])[1])([row])
+    assert cut["input_ids"].shape[1] == length - 3
+    torch.testing.assert_close(cut["input_ids"][0], answer_only["input_ids"][0, :length - 3])
+    with pytest.raises(ValueError, match=rf"--max_length 8 cuts the image tokens of row {row['id']}: raise it"):
+        train_sft.collator(processor, args, train_sft.parse_arguments(["--max_length", "8", "--output_dir", "o"])[1])([row])
+    padded = train_sft.collator(processor, args, train_sft.parse_arguments(
+        ["--pad_to_multiple_of", "64", "--output_dir", "o"])[1])([row])
+    assert padded["input_ids"].shape[1] % 64 == 0
+    (tmp_path / "t.jinja").write_text(processor.chat_template + "{# mine #}")
+    _, mine = train_sft.load_model(args, rows, model_args, chat_template_path=str(tmp_path / "t.jinja"))
+    assert mine.chat_template.endswith("{# mine #}")
+
+
+def test_both_spellings_of_checkpointing_turn_it_on():
+    """transformers 5 renamed gradient checkpointing; a user of either name gets it (the old one warns)."""
+    for flag in ("--activation_checkpointing", "--gradient_checkpointing"):
+        assert train_sft.parse_arguments([flag, "true", "--output_dir", "o"])[1].activation_checkpointing is True
+    assert not train_sft.parse_arguments(["--output_dir", "o"])[1].activation_checkpointing  # off unless asked
