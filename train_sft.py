@@ -12,9 +12,9 @@ with the anchor module frozen, starting from stage 1's result.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
-import re
 import shutil
 import sys
 import warnings
@@ -37,12 +37,11 @@ from processing import FusarProcessor
 from processing.base import load_base_processor
 from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpoint
 from training.collator import FusarDataCollator
-from training.flags import RECIPE_DEFAULTS, check_flags
+from training.flags import GENERATION_MARKER, RECIPE_DEFAULTS, check_flags, check_given, given_flags
 from training.launch import check_data_parallel, machine_defaults
 from training.plan import planned_stages, stage_tasks, trains_anchor_module
 from training.report import write_model_card, write_loss_curve
 
-GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")
 # TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a warning in every LoRA run that
 # no option of ours can avoid.
 warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
@@ -314,7 +313,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     if trainer.args.should_save:  # a stage that saved no checkpoint leaves no folder (one process looks)
         remove_if_empty(Path(stage_args.output_dir))
     model = trainer.model
-    keep_adapter = lora is not None and stage == 2 and not args.merge_lora
+    keep_adapter = lora is not None and not args.merge_lora and stage == planned_stages(args)[-1]  # the last stage's
     if is_quantized(model_args) and not keep_adapter:
         model = full_precision_result(model, source, args, model_args)
     elif lora is not None and not keep_adapter:
@@ -431,7 +430,10 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
             if trainer.args.should_save:
                 (stage1_result / "history.json").write_text(json.dumps(history))  # written last: stage 1 is complete
             if parameters_sharded() or is_quantized(model_args):  # stage 2 starts from whole weights, which its own
-                model = load_weights(stage1_result, args, model_args, quantized=True)  # Trainer shards again
+                trainer = None  # Trainer shards again; stage 1's (quantised) model is freed first
+                gc.collect()
+                torch.cuda.empty_cache()
+                model = load_weights(stage1_result, args, model_args, quantized=True)
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         # A folder by its absolute path: PEFT resolves it from wherever the adapter is loaded, not from the adapter.
         base = stage1_result if args.stage == "both" else Path(model_args.model_name_or_path)
@@ -470,6 +472,7 @@ def parse_arguments(argv=None) -> tuple[FusarArguments, SFTConfig, ModelConfig]:
     """fusar-train's flags and `--config` YAML keys, over defaults that run on this machine."""
     parser = FusarParser((FusarArguments, SFTConfig, FusarModelConfig))
     parser.set_defaults(**machine_defaults(), **RECIPE_DEFAULTS)  # a --config file's keys override these
+    check_given(given_flags(sys.argv[1:] if argv is None else list(argv)))
     return parser.parse_args_and_config(args=argv)
 
 

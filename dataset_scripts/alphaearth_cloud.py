@@ -32,6 +32,7 @@ import urllib.request
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +61,6 @@ class HttpOptions:
         return {"GDAL_HTTP_TIMEOUT": max(1, round(self.timeout)), "GDAL_HTTP_MAX_RETRY": self.retries,
                 "GDAL_HTTP_RETRY_DELAY": self.retry_delay, "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
                 "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff", "GDAL_HTTP_RETRY_CODES": ",".join(map(str, RETRY_CODES)),
-                # One GET per block, each exactly its bytes: otherwise /vsicurl/ rounds every range to its 16 kB chunks
-                # and reads ahead, ~1.4x the bytes for the release's separate-plane (one tile per band) files.
-                "GDAL_HTTP_MULTIRANGE": "SINGLE_GET",
                 # GDAL would remember a failed file for the life of the process; our block cache holds what was read.
                 "CPL_VSIL_CURL_NON_CACHED": "/vsicurl/"}
 
@@ -161,7 +159,8 @@ def download(url: str, http: HttpOptions) -> bytes:
         except urllib.error.HTTPError as error:
             if error.code not in RETRY_CODES or attempt == http.retries:
                 raise
-        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            error.close()
+        except (OSError, HTTPException):  # refused, reset, timed out, cut short mid-body
             if attempt == http.retries:
                 raise
         time.sleep(http.retry_delay * 2**attempt)
@@ -240,7 +239,11 @@ class AlphaEarthCloud:
     def _read_file(self, relative: str, crs: CRS, xs, ys, spacing_m) -> np.ndarray:
         location = f"{self.source}/{relative}"
         try:
-            with rasterio.Env(**self.http.gdal()):  # per thread: GDAL's settings are thread-local
+            # Per thread (GDAL's settings are thread-local). Each read here is one block: SINGLE_GET fetches exactly
+            # its tiles' bytes, where /vsicurl/ would round every range to its 16 kB chunks and read ahead (~1.4x the
+            # bytes for the release's one-tile-per-band files). Not for multi-block windows: there it sends one
+            # request with several ranges, which S3 answers with the whole file (WorldCover's reads keep the default).
+            with rasterio.Env(**self.http.gdal(), GDAL_HTTP_MULTIRANGE="SINGLE_GET"):
                 level = overview_level(self._header(location, None), spacing_m)
                 return dequantize(self._points(location, level, crs, xs, ys))
         except rasterio.errors.RasterioError as error:

@@ -4,7 +4,9 @@ Facts come from the WorldCover classes under the chip (`chip_facts`) and the acq
 facts, through templates (`TEMPLATES`, replaceable with a JSON file of the same keys), so a caption never says
 what the map does not. The rules (`RULES`, which the dataset card repeats):
 
-- a class is named in the terrain when it covers at least 5% of the mapped pixels; "mostly" when it covers half;
+- only a chip WorldCover maps whole (99% of its pixels or more) gets texts, so that a share of its mapped pixels is
+  a share of the image (an unmapped part, such as open sea beyond the tiles, would make "mostly" or "no water" false);
+- a class is named in the terrain when it covers at least 5% of the image; "mostly" when it covers half;
 - water (class 80) and built-up (class 50) are present when they cover at least 1%;
 - the 3 x 3 grid is the localisation task's (cells of equal size); "the cell with the most X" is asked only when
   one cell holds strictly more X than any other;
@@ -26,7 +28,7 @@ from .worldcover import CLASSES
 WATER, BUILT_UP = 80, 50
 NAMED_SHARE, PRESENT_SHARE, MOSTLY_SHARE = 0.05, 0.01, 0.5
 PHRASES = {WATER: "permanent water", BUILT_UP: "built-up area"}  # the two classes asked about, as a sentence says them
-MIN_MAPPED = 0.5  # a chip with less of its area mapped gets no land-cover text
+MIN_MAPPED = 0.99  # a chip with less of its area mapped gets no land-cover text
 BINS = ((0.75, "over 75%"), (0.5, "50-75%"), (0.25, "25-50%"), (0.1, "10-25%"), (0.0, "under 10%"))
 CELL_LIST = ", ".join(cell for row in GRID_CELLS for cell in row)
 

@@ -250,7 +250,8 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
     facts.update(anchor_source)
     made = texts(facts, config.templates)
     if not made:
-        raise ChipSkipped(f"only {facts['mapped']:.0%} of it is mapped by WorldCover (open sea or outside the map)")
+        raise ChipSkipped(f"only {facts['mapped']:.1%} of it is mapped by WorldCover (open sea or outside the map); "
+                          "texts are made for whole chips only")
     if config.rewrite:
         made = rewritten(made, facts, config.rewrite)
     image = load_sar_image(np.stack([np.nan_to_num(vv), np.nan_to_num(vh)]), unit="intensity",

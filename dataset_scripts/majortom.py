@@ -99,7 +99,7 @@ def read_metadata(source: str) -> list[Patch]:
 
             with open_parquet_file(location.removeprefix("hf://"), fs=HfFileSystem(), columns=METADATA_COLUMNS,
                                    engine="pyarrow") as file:
-                table = pq.read_table(file, columns=METADATA_COLUMNS)
+                table = pq.read_table(file, columns=METADATA_COLUMNS, use_threads=False, pre_buffer=False)
         else:
             table = pq.read_table(location, columns=METADATA_COLUMNS)
     except Exception as error:  # network, missing repo or file, not parquet, missing columns
@@ -134,7 +134,8 @@ def read_patch(patch: Patch, source: str) -> PatchData:
     try:
         with open_parquet_file(path, fs=fs, columns=["product_id", "vv", "vh"], row_groups=[patch.parquet_row],
                                engine="pyarrow") as file:
-            table = pq.ParquetFile(file).read_row_group(patch.parquet_row, columns=["product_id", "vv", "vh"])
+            table = pq.ParquetFile(file, pre_buffer=False).read_row_group(patch.parquet_row, use_threads=False,
+                                                                          columns=["product_id", "vv", "vh"])
     except (OSError, ValueError, IndexError) as error:
         raise ValueError(f"{patch.parquet_url} row group {patch.parquet_row}: cannot read it "
                          f"({type(error).__name__}: {error})") from error

@@ -61,6 +61,7 @@ class WorldCover:
     def __init__(self, base: str = BASE_URL, http: HttpOptions | None = None):
         self.base, self.http = str(base).rstrip("/"), http or HttpOptions()
         self.existing: set[str] | None = None
+        self.datasets: dict[str, rasterio.io.DatasetReader] = {}
 
     def __repr__(self) -> str:
         return f"WorldCover({self.base!r})"
@@ -88,6 +89,13 @@ class WorldCover:
                 raise ValueError(f"{location}: cannot read the WorldCover tile grid ({type(error).__name__}: {error})") from error
         raise ValueError(f"{self.base}/v200/2021/: no WorldCover tile grid ({' or '.join(GRID_NAMES)}): {errors[-1]}")
 
+    def opened(self, location: str):
+        """A tile kept open for the life of the worker: GDAL's block cache then serves the blocks that neighbouring
+        chips share (each chip opening the tile anew fetched them again, ~2x the bytes)."""
+        if location not in self.datasets:
+            self.datasets[location] = rasterio.open(gdal_path(location))
+        return self.datasets[location]
+
     def classes(self, footprint: Footprint, year: int) -> tuple[np.ndarray, str]:
         """[height, width] uint8 WorldCover classes on the chip's own pixel grid (0: no map there), and the map used
         (e.g. "v200/2021")."""
@@ -99,8 +107,8 @@ class WorldCover:
             location = f"{self.base}/{relative}"
             part = np.full_like(out, NODATA)
             try:
-                with rasterio.Env(**self.http.gdal()), rasterio.open(gdal_path(location)) as dataset:
-                    reproject(rasterio.band(dataset, 1), part, src_nodata=NODATA, dst_nodata=NODATA,
+                with rasterio.Env(**self.http.gdal()):
+                    reproject(rasterio.band(self.opened(location), 1), part, src_nodata=NODATA, dst_nodata=NODATA,
                               dst_transform=footprint.transform, dst_crs=footprint.crs, resampling=Resampling.nearest)
             except rasterio.errors.RasterioError as error:
                 raise ValueError(f"{location}: cannot read this WorldCover tile ({error.__cause__ or error})") from error

@@ -122,6 +122,35 @@ def test_a_503_on_the_index_is_retried(release, tmp_path):
     assert source.years() == [2021]
 
 
+def test_a_download_cut_short_is_retried():
+    """The index is one plain GET: a connection closed mid-body (IncompleteRead) is retried, not fatal."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from dataset_scripts.alphaearth_cloud import download
+
+    body, calls = b"x" * 1000, []
+
+    class CutOnce(BaseHTTPRequestHandler):
+        def do_GET(self):
+            calls.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if len(calls) > 1 else body[:100])  # the first answer stops after 100 bytes
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutOnce)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert download(f"http://127.0.0.1:{server.server_port}/index", HttpOptions(retry_delay=0.01)) == body
+    finally:
+        server.shutdown()
+    assert len(calls) == 2
+
+
 def test_anchor_pixels_are_exact_where_float32_map_coordinates_are_not(tmp_path):
     """Southern UTM northings near 10,000 km: float32 holds them to 1 m, so a float32 computation reads the
     neighbouring 10 m pixel for some anchors. Every anchor must read the pixel an exact (float64) rowcol names."""

@@ -42,13 +42,27 @@ def test_every_flag_trl_adds_is_placed_once():
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_each_refused_flag_stops_with_one_line(name):
-    try:
-        _, training_args, model_args = train_sft.parse_arguments([f"--{name}", EXAMPLES[name], "--output_dir", "o"])
-    except ValueError as error:  # TRL itself refuses some combinations while parsing
-        assert error.args[0], name
-        return
-    with pytest.raises(ValueError, match=rf"^--{name} .*: not supported by fusar-train \(.+\)$"):
+    with pytest.raises(ValueError, match=rf"^--{name}: not supported by fusar-train \(.+\)$"):
+        train_sft.parse_arguments([f"--{name}", EXAMPLES[name], "--output_dir", "o"])
+
+
+@pytest.mark.parametrize("name, value", [("packing", True), ("num_train_epochs", 7.0), ("lora_task_type", "SEQ_CLS"),
+                                         ("use_liger_kernel", True)])
+def test_a_refused_value_set_in_code_is_refused_by_main_too(name, value):
+    """`train_sft.main` takes dataclasses built in code as well (main_job does): their values are checked."""
+    _, training_args, model_args = train_sft.parse_arguments(["--output_dir", "o"])
+    setattr(training_args if hasattr(training_args, name) else model_args, name, value)
+    with pytest.raises(ValueError, match=rf"^--{name} {value}: not supported by fusar-train"):
         check_flags(training_args, model_args)
+
+
+def test_a_refused_flag_typed_at_its_default_is_refused_too(tmp_path):
+    """`--num_train_epochs 3` is TRL's default value: compared by value it would pass, and be ignored."""
+    with pytest.raises(ValueError, match=r"^--num_train_epochs: not supported by fusar-train \(each stage has its own"):
+        train_sft.parse_arguments(["--num_train_epochs", "3", "--output_dir", "o"])
+    (tmp_path / "c.yaml").write_text("learning_rate: 2.0e-5\noutput_dir: o\n")  # TRL's default, in a config
+    with pytest.raises(ValueError, match=r"^--learning_rate: not supported by fusar-train"):
+        train_sft.parse_arguments(["--config", str(tmp_path / "c.yaml")])
 
 
 def test_the_shipped_configs_use_no_refused_flag():
@@ -60,7 +74,7 @@ def test_through_the_shell_a_refused_flag_and_trls_model_flag(data, tmp_path):
     refused = subprocess.run([FUSAR_TRAIN, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
                               "--packing", "true"], capture_output=True, text=True, timeout=600)
     assert refused.returncode == 2 and refused.stderr.strip().count("\n") == 0, refused.stderr
-    assert "--packing True: not supported by fusar-train (one sequence per image" in refused.stderr
+    assert "fusar-train: error: --packing: not supported by fusar-train (one sequence per image" in refused.stderr
     missing = subprocess.run([FUSAR_TRAIN, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
                               "--model_name_or_path", "/nonexistent/model", "--max_steps", "1", "--stage", "1"],
                              capture_output=True, text=True, timeout=600)
@@ -112,6 +126,14 @@ def test_sequence_flags_reach_the_collator_and_the_template_flag_the_processor(d
     (tmp_path / "t.jinja").write_text(processor.chat_template + "{# mine #}")
     _, mine = train_sft.load_model(args, rows, model_args, chat_template_path=str(tmp_path / "t.jinja"))
     assert mine.chat_template.endswith("{# mine #}")
+    plain = processor.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    (tmp_path / "plain.jinja").write_text(plain)  # without markers no answer token would be labelled
+    _, training_args, model_args = train_sft.parse_arguments(["--chat_template_path", str(tmp_path / "plain.jinja"),
+                                                              "--output_dir", "o"])
+    with pytest.raises(ValueError, match=r"plain.jinja: no \{% generation %\} markers"):
+        check_flags(training_args, model_args)
+    check_flags(*train_sft.parse_arguments(["--chat_template_path", str(tmp_path / "plain.jinja"),
+                                            "--assistant_only_loss", "false", "--output_dir", "o"])[1:])
 
 
 def test_both_spellings_of_checkpointing_turn_it_on():
@@ -119,3 +141,12 @@ def test_both_spellings_of_checkpointing_turn_it_on():
     for flag in ("--activation_checkpointing", "--gradient_checkpointing"):
         assert train_sft.parse_arguments([flag, "true", "--output_dir", "o"])[1].activation_checkpointing is True
     assert not train_sft.parse_arguments(["--output_dir", "o"])[1].activation_checkpointing  # off unless asked
+
+
+def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path):
+    output = tmp_path / "run"
+    train_sft.main(*train_sft.parse_arguments([
+        "--dataset_name", str(data), "--output_dir", str(output), "--stage", "1", "--use_peft", "true",
+        "--merge_lora", "false", "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no",
+        "--report_to", "none", "--tiny_hidden_size", "64"]))
+    assert (output / "adapter_config.json").is_file()  # the last stage's LoRA kept, as asked

@@ -73,6 +73,11 @@ def test_a_harvest_from_the_hub_holds_exactly_what_direct_reads_give(sources, tm
     result = harvest(*sources["args"], "--alphaearth-cache", str(tmp_path / "cache"), "--bbox", *BBOX,
                      "--start", "2021-01-01", "--end", "2021-12-31", "--output", str(tmp_path / "real"))
     assert f"dataset written to {tmp_path / 'real'}" in result.stdout
+    from harvest_replica import WORLDCOVER_TILE
+
+    files = (root / "worldcover" / WORLDCOVER_TILE).stat().st_size + sum(p.stat().st_size for p in (root / "alphaearth").rglob("*.tiff"))
+    assert sources["server"].total_sent() < 1.5 * files  # ranges, never a whole tile per chip (S3 answers a
+    #                                                      request of several ranges with the whole file)
     rows = [row for part in rows_of(tmp_path / "real").values() for row in part]
     facts = {row["scene_id"]: json.loads(row["facts"]) for row in rows}
     products = {f["product_id"][-1] for f in facts.values()}

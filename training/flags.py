@@ -5,7 +5,12 @@ until it is placed."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import torch
+
+GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")  # around the assistant's turns in a training template
 
 # TRL's own fields (SFTConfig beyond TrainingArguments, and ModelConfig) that work, and how.
 HONOURED = {
@@ -73,8 +78,29 @@ def default_of(name: str, dataclasses_: tuple):
     return field.default_factory() if callable(field.default_factory) else field.default
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The flag names on a command line and the keys of its --config file, as the dataclasses spell them."""
+    import yaml
+
+    names = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+    if "--config" in argv and argv.index("--config") + 1 < len(argv):
+        try:
+            with open(argv[argv.index("--config") + 1]) as file:
+                names |= set(yaml.safe_load(file) or {})
+        except (OSError, yaml.YAMLError, TypeError):
+            pass  # TrlParser reports an unreadable config in its own words
+    return names
+
+
+def check_given(names: set[str]) -> None:
+    """A refused flag typed at all is refused, even at its default value (which fusar-train would ignore)."""
+    refused = sorted(names & set(REFUSED))
+    if refused:
+        raise ValueError(f"--{refused[0]}: not supported by fusar-train ({REFUSED[refused[0]]})")
+
+
 def check_flags(training_args, model_args) -> None:
-    """One line for the first refused flag given, or a combination that cannot run."""
+    """One line for the first refused flag set (to anything but its default), or a combination that cannot run."""
     for name, why in REFUSED.items():
         args = training_args if hasattr(training_args, name) else model_args
         if getattr(args, name) != default_of(name, (type(training_args), type(model_args))):
@@ -83,6 +109,12 @@ def check_flags(training_args, model_args) -> None:
         raise ValueError("--activation_offloading true: it moves activations from a GPU to CPU memory; there is no GPU")
     if training_args.loss_type != "nll":
         raise ValueError(f"--loss_type {training_args.loss_type}: fusar-train trains with the model's own loss (nll)")
+    template = training_args.chat_template_path
+    if template and training_args.assistant_only_loss:
+        if not GENERATION_MARKER.search(Path(template).read_text()):
+            raise ValueError(f"--chat_template_path {template}: no {{% generation %}} markers around the assistant's "
+                             "turns, which the answer-only loss (--assistant_only_loss, default true) needs to find the "
+                             "answers (without them no token would be trained); add them, or --assistant_only_loss false")
     if model_args.load_in_4bit or model_args.load_in_8bit:
         bits = 4 if model_args.load_in_4bit else 8
         if not model_args.use_peft:
