@@ -99,7 +99,7 @@ def read_metadata(source: str) -> list[Patch]:
 
             with open_parquet_file(location.removeprefix("hf://"), fs=HfFileSystem(), columns=METADATA_COLUMNS,
                                    engine="pyarrow") as file:
-                table = pq.read_table(file, columns=METADATA_COLUMNS, use_threads=False, pre_buffer=False)
+                table = pq.ParquetFile(file, pre_buffer=False).read(columns=METADATA_COLUMNS, use_threads=False)
         else:
             table = pq.read_table(location, columns=METADATA_COLUMNS)
     except Exception as error:  # network, missing repo or file, not parquet, missing columns
