@@ -150,6 +150,19 @@ def _build_shard(args) -> dict:
     return meta
 
 
+def run_each(function, jobs: list, num_proc: int, bar) -> None:
+    """`function(job)` for every job, in `num_proc` worker processes (or here, for one process or one job), ticking
+    `bar` as each finishes; the first failure is raised."""
+    if num_proc > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(num_proc) as pool:
+            for _ in pool.map(function, jobs):
+                bar.update()
+    else:
+        for job in jobs:
+            function(job)
+            bar.update()
+
+
 def check_same_build(work: Path, scenes: list[SceneInput], config: BuildConfig, alphaearth, overwrite: bool) -> None:
     """Finished shards are reused only by the build that made them: the same scenes, options and anchor source."""
     fingerprint = hashlib.sha1(json.dumps(
@@ -185,14 +198,7 @@ def build(scenes: list[SceneInput], output, config: BuildConfig | None = None, a
     todo = [(n, shard, config, alphaearth, work) for n, shard in enumerate(shards)
             if not (work / f"shard-{n:05d}.parquet").exists()]
     with tqdm(total=len(shards), initial=len(shards) - len(todo), desc="scenes -> rows (shards)", unit="shard") as bar:
-        if num_proc > 1 and len(todo) > 1:
-            with ProcessPoolExecutor(num_proc) as pool:
-                for _ in pool.map(_build_shard, todo):
-                    bar.update()
-        else:
-            for job in todo:
-                _build_shard(job)
-                bar.update()
+        run_each(_build_shard, todo, num_proc, bar)
     metas = [json.loads((work / f"shard-{n:05d}.json").read_text()) for n in range(len(shards))]
     skipped = [e for meta in metas for e in meta["errors"]]
     if not sum(meta["rows"] for meta in metas):

@@ -25,13 +25,14 @@ import os
 import sys
 import uuid
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 from rasterio.transform import Affine
 
-from .alphaearth import ATTRIBUTION as ALPHAEARTH_ATTRIBUTION, LICENSE as ALPHAEARTH_LICENSE, Footprint, sample_anchors
+from .alphaearth import ATTRIBUTION as ALPHAEARTH_ATTRIBUTION, DIM, LICENSE as ALPHAEARTH_LICENSE, Footprint, \
+    sample_anchors
+from .builder import run_each, split_of
 from .facts import TEMPLATES, chip_facts, texts
 from .majortom import ATTRIBUTION as MAJORTOM_ATTRIBUTION, LICENSE as MAJORTOM_LICENSE, REPO, CorruptPatch, Patch, \
     read_patch
@@ -228,12 +229,11 @@ class Sources:
         self.alphaearth = open_source(config.alphaearth, config.alphaearth_index, config.alphaearth_cache) \
             if config.alphaearth else None
         self.years = self.alphaearth.years() if self.alphaearth else []
+        self.rewrite = rewrite_hook(config.rewrite) if config.rewrite else None
 
 
 def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: Sources) -> list[dict]:
     from processing.sar import load_sar_image
-
-    from .builder import split_of
 
     row0, col0 = chip_windows(config.chip_size)[number]
     window = np.s_[row0:row0 + config.chip_size, col0:col0 + config.chip_size]
@@ -252,8 +252,8 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
     if not made:
         raise ChipSkipped(f"only {facts['mapped']:.1%} of it is mapped by WorldCover (open sea or outside the map); "
                           "texts are made for whole chips only")
-    if config.rewrite:
-        made = rewritten(made, facts, config.rewrite)
+    if sources.rewrite:
+        made = rewritten(made, facts, sources.rewrite)
     image = load_sar_image(np.stack([np.nan_to_num(vv), np.nan_to_num(vh)]), unit="intensity",
                            polarizations=["VV", "VH"], nodata=0)
     buffer = io.BytesIO()
@@ -273,15 +273,19 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
             for key, task, question, answer in made]
 
 
-def rewritten(made: list[tuple], facts: dict, hook: str) -> list[tuple]:
-    """The caption passed through the user's hook; the template's caption stays in the facts, for audit."""
+def rewrite_hook(hook: str):
+    """The user's `module:function` (caption, facts) -> caption."""
     import importlib
 
     module, _, name = hook.partition(":")
     try:
-        function = getattr(importlib.import_module(module), name)
+        return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(f"--rewrite {hook}: cannot import it ({error}); give module:function") from error
+
+
+def rewritten(made: list[tuple], facts: dict, function) -> list[tuple]:
+    """The caption passed through the user's hook; the template's caption stays in the facts, for audit."""
     out = []
     for key, task, question, answer in made:
         if key == "caption":
@@ -301,7 +305,7 @@ def chip_anchors(footprint: Footprint, year: int, config: HarvestConfig, sources
 
     anchor_year = nearest_year(year, sources.years)
     if anchor_year is None:
-        return as_anchor_set(None, anchor_dim=64), {"alphaearth_year": None}
+        return as_anchor_set(None, anchor_dim=DIM), {"alphaearth_year": None}
     anchors = sample_anchors(sources.alphaearth, footprint, [anchor_year], grid_size=config.grid_size)
     return anchors, {"alphaearth_year": anchor_year, "alphaearth_year_offset": anchor_year - year}
 
@@ -366,14 +370,8 @@ def run_jobs(jobs: list[ShardJob], engine: str, num_proc: int, ray_address: str 
                 bar.update()
             if errors:
                 raise errors[0]
-        elif num_proc > 1 and len(jobs) > 1:
-            with ProcessPoolExecutor(num_proc) as pool:
-                for _ in pool.map(harvest_shard, jobs):
-                    bar.update()
         else:
-            for job in jobs:
-                harvest_shard(job)
-                bar.update()
+            run_each(harvest_shard, jobs, num_proc, bar)
 
 
 def card(markers: list[dict], config: HarvestConfig, region: str, patches: int) -> str:
