@@ -64,6 +64,15 @@ class FusarArguments:
     stage2_train_anchor_module: bool = field(default=False, metadata={
         "help": "also train the anchor module in stage 2 (the paper freezes it); for datasets without stage-1 rows"})
     use_anchors: bool = field(default=True, metadata={"help": "False: the same run without anchors (ablation)"})
+    anchor_learning_rate_scale: float = field(default=1.0, metadata={
+        "help": "the anchor module's learning rate as a multiple of its stage's (the language model's)"})
+    anchor_dropout: float | None = field(default=None, metadata={
+        "help": "FusarConfig.anchor_dropout for this run: the share of training images whose anchors are left out "
+                "(default: the model's, 0 for a new one)"})
+    anchor_sigma: float | None = field(default=None, metadata={
+        "help": "FusarConfig.anchor_sigma of a new anchor module (tiny or a base; a checkpoint keeps its own)"})
+    anchor_hidden_size: int | None = field(default=None, metadata={
+        "help": "FusarConfig.anchor_hidden_size of a new anchor module (tiny or a base; a checkpoint keeps its own)"})
     merge_lora: bool = field(default=True, metadata={"help": "merge the final LoRA into the weights, else keep it "
                                                               "as an adapter"})
     vision_attn_implementation: str = field(default="varlen", metadata={
@@ -83,6 +92,13 @@ class FusarArguments:
     overwrite_output_dir: bool = field(default=False, metadata={"help": "replace the run already in --output_dir "
                                                                          "(only files fusar-train writes are there)"})
 
+    def __post_init__(self):
+        if self.anchor_dropout is not None and not 0 <= self.anchor_dropout < 1:
+            raise ValueError(f"--anchor_dropout {self.anchor_dropout}: expected a share in [0, 1)")
+        if not self.anchor_learning_rate_scale > 0:
+            raise ValueError(f"--anchor_learning_rate_scale {self.anchor_learning_rate_scale}: expected a number > 0 "
+                             "(a multiple of each stage's learning rate)")
+
 
 @dataclass
 class FusarModelConfig(ModelConfig):
@@ -96,8 +112,26 @@ class FusarSFTTrainer(SFTTrainer):
     """SFTTrainer with the model's own loss. TRL's fused LM-head loss reads `model.base_model(...).last_hidden_state`,
     which assumes the backbone alone takes the images; FUSAR-GPT modulates them in its own forward first."""
 
+    def __init__(self, *args, anchor_learning_rate_scale: float = 1.0, **kwargs):
+        self.anchor_learning_rate_scale = anchor_learning_rate_scale
+        super().__init__(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, with the anchor module's parameters in groups of their own at the scaled rate
+        (the scheduler then scales every group alike)."""
+        optimizer = super().create_optimizer(model)
+        if self.anchor_learning_rate_scale == 1.0:
+            return optimizer
+        anchor = {id(p) for name, p in (model or self.model).named_parameters() if "anchor_module." in name}
+        for group in list(optimizer.param_groups):
+            moved = [p for p in group["params"] if id(p) in anchor]
+            if moved:
+                group["params"] = [p for p in group["params"] if id(p) not in anchor]
+                optimizer.add_param_group({**group, "params": moved, "lr": group["lr"] * self.anchor_learning_rate_scale})
+        return optimizer
 
     def create_model_card(self, *args, **kwargs):
         """None in the stage folders: TRL's would describe a stage as "a fine-tuned version of [None]"; the run's own
@@ -129,7 +163,8 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
         corpus = [m["content"] for row in dataset["train"].select_columns(["messages"]) for m in row["messages"]]
         base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
-        model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation)
+        model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation,
+                                                        **new_anchor_module(args), **anchor_dropout(args))
         processor = FusarProcessor.from_base(base_processor)  # its template has the markers
     else:
         source = model_args.model_name_or_path
@@ -153,7 +188,8 @@ def load_weights(source, args: FusarArguments, model_args: ModelConfig, quantize
     """FUSAR-GPT from a checkpoint or around a base, in `--dtype`; in 4 / 8 bits when asked and `quantized` (never
     when merging: LoRA is merged into full-precision weights)."""
     options = {"dtype": model_args.dtype, "attn_implementation": model_args.attn_implementation,
-               "vision_attn_implementation": args.vision_attn_implementation, "revision": model_args.model_revision}
+               "vision_attn_implementation": args.vision_attn_implementation, "revision": model_args.model_revision,
+               **anchor_dropout(args)}
     config = AutoConfig.from_pretrained(source, revision=model_args.model_revision)
     quantization = get_quantization_config(model_args) if quantized else None
     if quantization is not None:
@@ -162,8 +198,23 @@ def load_weights(source, args: FusarArguments, model_args: ModelConfig, quantize
             quantization.bnb_4bit_compute_dtype = torch.float32
         options["quantization_config"] = quantization
     if config.model_type == "fusar_gpt":
+        if new_anchor_module(args):
+            raise ValueError(f"--model_name_or_path {source} is a FUSAR-GPT checkpoint with its own anchor module: "
+                             f"{', '.join('--' + k for k in new_anchor_module(args))} apply only to a new one (a base "
+                             "model or tiny)")
         return AutoModelForImageTextToText.from_pretrained(source, **options)
-    return FusarForConditionalGeneration.from_base(source, **options)
+    return FusarForConditionalGeneration.from_base(source, **options, **new_anchor_module(args))
+
+
+def anchor_dropout(args: FusarArguments) -> dict:
+    """FusarConfig.anchor_dropout for this run, when given (a config field any model takes, new or trained)."""
+    return {} if args.anchor_dropout is None else {"anchor_dropout": args.anchor_dropout}
+
+
+def new_anchor_module(args: FusarArguments) -> dict:
+    """The FusarConfig fields given for a new anchor module (the config's defaults otherwise)."""
+    given = {"anchor_sigma": args.anchor_sigma, "anchor_hidden_size": args.anchor_hidden_size}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def full_precision_modules(config) -> list[str]:
@@ -301,7 +352,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         print(f"stage {stage}: the validation split has no {'/'.join(tasks)} rows; this stage is not evaluated",
               file=sys.stderr)
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
-    trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
+    trainer = FusarSFTTrainer(model=model, args=stage_args, anchor_learning_rate_scale=args.anchor_learning_rate_scale, train_dataset=train, eval_dataset=evaluation,
                               processing_class=processor, peft_config=lora,
                               data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):

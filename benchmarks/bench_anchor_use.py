@@ -7,9 +7,13 @@ region held out: the authors' manifest format -> `fusar-data import-manifest --s
 model, the single-task route: both stages on land cover) -> `fusar-eval`, with and without anchors, beside
 logistic-regression probes on the same split (anchor vector alone, SAR values alone, both).
 
-Run: python benchmarks/bench_anchor_use.py            (full size; under 30 minutes on 2 cores)
-     python benchmarks/bench_anchor_use.py --quick    (one region held out, 9 points per region, one epoch: a
-                                                      smoke run of the same commands)
+Every score is the mean over training seeds (`--seeds`, default 0 1: one seed alone moves a region by up to 7
+points), two trainings at a time (`--jobs`) sharing the cores.
+
+Run: python benchmarks/bench_anchor_use.py            (full size; about 18 minutes on 2 cores)
+     python benchmarks/bench_anchor_use.py --quick    (one region held out, 9 points per region, one epoch, one
+                                                      seed: a smoke run of the same commands)
+     python benchmarks/bench_anchor_use.py --with-anchors-only --train-option anchor_dropout=0.5   (an ablation)
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +74,8 @@ def write_manifest(folder: Path, points: list[dict], seed: int) -> Path:
     return folder / "manifest.jsonl"
 
 
-def run(*command):
-    result = subprocess.run([str(c) for c in command], capture_output=True, text=True)
+def run(*command, env=None):
+    result = subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, command[:2]))} failed:\n{result.stderr[-3000:]}")
     return result
@@ -120,14 +125,22 @@ def landcover_accuracy(results: Path, variant: str) -> float:
     return float(metrics.get("accuracy", next(iter(metrics.values()))))
 
 
-def train_and_evaluate(fold: Path, name: str, anchors: str, epochs: str, extra: list[str]) -> None:
-    """`fusar-train` (the tiny CPU config, the single-task route: both stages on land cover), then `fusar-eval`."""
+def train_once(fold: Path, name: str, anchors: str, options: list[str], setting: str, epochs: str, threads: str):
+    """`fusar-train` (the tiny CPU config, the single-task route: both stages on land cover), then `fusar-eval`;
+    skipped where `--work` holds this run's results with the same settings (a rerun after a stop redoes the rest)."""
+    evaluation = fold / f"eval-{name}"
+    if (evaluation / "results.json").is_file() and (evaluation / "settings.json").is_file() and \
+            (evaluation / "settings.json").read_text() == setting:
+        print(f"{fold.name}, {name}: reusing {evaluation} (same settings)", file=sys.stderr)
+        return
+    environment = {**os.environ, "OMP_NUM_THREADS": threads}
     run(BIN / "fusar-train", "--config", Path(__file__).resolve().parents[1] / "configs" / "tiny_cpu.yaml",
         "--dataset_name", fold / "train", "--output_dir", fold / f"model-{name}", "--overwrite_output_dir", "true",
         "--stage1_tasks", "landcover", "--stage2_tasks", "landcover", "--stage1_epochs", epochs,
-        "--stage2_epochs", epochs, "--use_anchors", anchors, *extra)
+        "--stage2_epochs", epochs, "--use_anchors", anchors, *options, env=environment)
     run(BIN / "fusar-eval", fold / f"model-{name}", "--dataset", fold / "test", "--split", "test",
-        "--output", fold / f"eval-{name}", "--max-new-tokens", "8", "--batch-size", "32")
+        "--output", evaluation, "--max-new-tokens", "8", "--batch-size", "32", env=environment)
+    (evaluation / "settings.json").write_text(setting)
 
 
 def main(argv=None) -> int:
@@ -137,43 +150,63 @@ def main(argv=None) -> int:
     parser.add_argument("--work", help="folder for the datasets and runs (default: a new temporary one)")
     parser.add_argument("--train-option", action="append", default=[], metavar="FLAG=VALUE",
                         help="extra fusar-train flags for the ablations, e.g. --train-option anchor_sigma=0.2")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="training seeds; each score is their mean (default 0 1: one seed moves a region by up to "
+                             "7 points)")
+    parser.add_argument("--jobs", type=int, default=2, help="trainings at once, the cores shared between them")
+    parser.add_argument("--with-anchors-only", action="store_true",
+                        help="train only the model with anchors (ablations of the anchor module: the run without "
+                             "anchors is the baseline's)")
     args = parser.parse_args(argv)
     if not (SHARED / "aef_points").is_dir():
         print(f"skipped: the real AlphaEarth points are not at {SHARED / 'aef_points'} (set FUSAR_SHARED_DATA)")
         return 0
+    if args.quick:
+        args.seeds = args.seeds[:1]
     points = read_points(9 if args.quick else None)
     epochs = "1" if args.quick else str(args.epochs)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-anchor-use-"))
     extra = [part for option in args.train_option for part in (f"--{option.split('=', 1)[0]}", option.split("=", 1)[1])]
-    table = []
-    for held_out in REGIONS[-1:] if args.quick else REGIONS:
+    folds = REGIONS[-1:] if args.quick else REGIONS
+    runs = [("with", "true")] + ([] if args.with_anchors_only else [("without", "false")])
+    jobs = []
+    for held_out in folds:
         train_points = [p for region in REGIONS if region != held_out for p in points[region]]
         fold = work / held_out
         for split, chosen in (("train", train_points), ("test", points[held_out])):
             manifest = write_manifest(fold / f"{split}-raw", chosen, seed=0 if split == "train" else 1)
             run(BIN / "fusar-data", "import-manifest", manifest, "--task", "landcover", "--split", split,
                 "--output", fold / split, "--overwrite")
-        scores = {}
-        for name, anchors in (("with", "true"), ("without", "false")):
-            results, settings = fold / f"eval-{name}" / "results.json", fold / f"eval-{name}" / "settings.json"
-            setting = json.dumps({"epochs": epochs, "train_options": extra, "points": len(train_points)})
-            if results.is_file() and settings.is_file() and settings.read_text() == setting:
-                print(f"{held_out}, {name} anchors: reusing {results} (same settings)", file=sys.stderr)
-            else:  # a rerun of --work after a stop redoes only what did not finish
-                train_and_evaluate(fold, name, anchors, epochs, extra)
-                settings.write_text(setting)
-            if anchors == "true":
-                for variant in ("anchors", "no anchors", "shuffled anchors"):
-                    scores[variant] = landcover_accuracy(results, variant)
-            else:
-                scores["trained without anchors"] = landcover_accuracy(results, "no anchors")
+        for seed in args.seeds:
+            for name, anchors in runs:
+                setting = json.dumps({"epochs": epochs, "train_options": extra, "points": len(train_points)})
+                jobs.append((fold, f"{name}-seed{seed}", anchors, [*extra, "--seed", str(seed)], setting))
+    threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
+    with ThreadPoolExecutor(args.jobs) as pool:  # each job a pair of subprocesses; the threads only wait
+        list(pool.map(lambda job: train_once(*job, epochs, threads), jobs))
+
+    table = []
+    for held_out in folds:
+        train_points = [p for region in REGIONS if region != held_out for p in points[region]]
+        fold = work / held_out
+        per_seed = []
+        for seed in args.seeds:
+            results = fold / f"eval-with-seed{seed}" / "results.json"
+            scores = {variant: landcover_accuracy(results, variant) for variant in ("anchors", "no anchors",
+                                                                                    "shuffled anchors")}
+            if not args.with_anchors_only:
+                scores["trained without anchors"] = landcover_accuracy(
+                    fold / f"eval-without-seed{seed}" / "results.json", "no anchors")
+            per_seed.append(scores)
+        scores = {name: float(np.mean([s[name] for s in per_seed])) for name in per_seed[0]}
         vector = [f"A{i:02d}" for i in range(64)]
         sar = ["S1_VV", "S1_VH", "S1_VV_div_VH"]
         scores["probe: anchor vector"] = probe(train_points, points[held_out], vector)
         scores["probe: SAR values"] = probe(train_points, points[held_out], sar)
         scores["probe: both"] = probe(train_points, points[held_out], vector + sar)
         table.append((held_out, scores))
-        print(f"{held_out}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()), flush=True)
+        print(f"{held_out}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
+              + "".join(f"; seed {seed}: anchors {s['anchors']:.3f}" for seed, s in zip(args.seeds, per_seed)), flush=True)
     columns = list(table[0][1])
     print("\n| held-out region | " + " | ".join(columns) + " |")
     print("|---|" + "---:|" * len(columns))

@@ -20,6 +20,10 @@ class FusarConfig(PreTrainedConfig):
     anchor_max_year_offset (`int`, defaults to 10):
         Offsets between an anchor's year and the acquisition year are clipped to +-this many years before the
         temporal attention embeds them.
+    anchor_dropout (`float`, defaults to 0.0):
+        In training only, the probability that an image's anchors are all left out (the image then passes exactly as
+        the base computes it), so that the model keeps learning from the backscatter alone and still answers images
+        that come without anchors. 0 is the authors' recipe.
     vision_attn_implementation (`str`, defaults to `"varlen"`):
         The base's vision attention over its windows: `"varlen"` (one variable-length flash attention call on CUDA,
         exactly transformers' sdpa elsewhere; see `vision_attention.py`) or `"base"` (as the base model was built).
@@ -33,6 +37,7 @@ class FusarConfig(PreTrainedConfig):
     anchor_sigma: float = 2.0
     anchor_hidden_size: int | None = None
     anchor_max_year_offset: int = 10
+    anchor_dropout: float = 0.0
     vision_attn_implementation: str = "varlen"
     # The base model ties its own embeddings (its config says whether); this wrapper has none of its own.
     tie_word_embeddings: bool = False
@@ -47,6 +52,8 @@ class FusarConfig(PreTrainedConfig):
         if self.vision_attn_implementation not in ("varlen", "base"):
             raise ValueError("FusarConfig.vision_attn_implementation must be 'varlen' or 'base', got "
                              f"{self.vision_attn_implementation!r}")
+        if not 0 <= self.anchor_dropout < 1:
+            raise ValueError(f"FusarConfig.anchor_dropout must be in [0, 1), got {self.anchor_dropout}")
         if not self.anchor_sigma > 0:
             raise ValueError(f"FusarConfig.anchor_sigma must be > 0 (grid units), got {self.anchor_sigma}")
 

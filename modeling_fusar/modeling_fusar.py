@@ -141,6 +141,9 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         if anchor_values is not None:
             values, positions, mask = check_anchor_inputs(anchor_values, anchor_positions, anchor_mask,
                                                           self.config.anchor_dim, len(features), anchor_year_offsets)
+            if self.training and self.config.anchor_dropout > 0:  # whole images lose their anchors (FusarConfig)
+                kept = torch.rand(len(features), device=mask.device) >= self.config.anchor_dropout
+                mask = mask & kept[:, None, None]
             outputs.pooler_output = self.anchor_module(features, grids, values, positions, mask, anchor_year_offsets)
         elif anchor_positions is not None or anchor_mask is not None:
             raise ValueError("anchor_positions / anchor_mask were given without anchor_values")

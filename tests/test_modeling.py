@@ -41,6 +41,24 @@ def test_the_anchors_change_the_logits_once_the_module_is_trained(tokenizers, fa
     assert torch.equal(plain, masked_out)
 
 
+def test_anchor_dropout_leaves_out_whole_images_in_training_only(tokenizers, family):
+    model, processor = build(tokenizers, family, modulate=True)
+    model.config.anchor_dropout = 0.5
+    images, anchors = [random_image(i) for i in range(8)], [random_anchors(i, 3) for i in range(8)]
+    inputs = model_inputs(processor, images, anchors=anchors)
+    image_inputs = {k: v for k, v in inputs.items() if k not in ("input_ids", "attention_mask") and not k.startswith("anchor_")}
+    anchor_inputs = {k: v for k, v in inputs.items() if k.startswith("anchor_")}
+    with torch.no_grad():
+        plain = model.get_image_features(**image_inputs).pooler_output
+        anchored = model.get_image_features(**image_inputs, **anchor_inputs).pooler_output  # eval: every image's anchors
+        torch.manual_seed(1)
+        dropped = model.train().get_image_features(**image_inputs, **anchor_inputs).pooler_output
+    left_out = [torch.allclose(d, p) for d, p in zip(dropped, plain)]
+    assert all(left_out[i] or torch.allclose(d, a) for i, (d, a) in enumerate(zip(dropped, anchored)))
+    assert 0 < sum(left_out) < 8  # whole images, some of each
+    assert not any(torch.allclose(a, p) for a, p in zip(anchored, plain))
+
+
 def test_a_batch_equals_its_images_one_by_one(tokenizers, family):
     """Different image sizes (Qwen: different grids), different anchor counts, and an image without anchors."""
     model, processor = build(tokenizers, family, modulate=True)

@@ -88,6 +88,31 @@ def test_stage2_can_train_the_anchor_module_for_a_dataset_without_captions(simul
     assert all(".language_model." in n or n.startswith(("anchor_module.", "vlm.lm_head")) for n in moved), moved
 
 
+def test_the_anchor_module_learns_at_its_own_rate(simulated, tmp_path):
+    args, training_args, model_args = parse("--dataset_name", str(simulated), "--output_dir", str(tmp_path), *FAST,
+                                            "--anchor_learning_rate_scale", "10")
+    dataset = train_sft.load_triplets(args.dataset_name)
+    model, processor = train_sft.load_model(args, dataset, model_args)
+    _, _, trainer = train_sft.run_stage(1, model, processor, dataset, args, training_args, model_args)
+    anchor = {id(p) for n, p in model.named_parameters() if n.startswith("anchor_module.")}
+    rates = {(id(p) in anchor, round(group["initial_lr"], 9)) for group in trainer.optimizer.param_groups
+             for p in group["params"]}
+    assert rates == {(False, 0.01), (True, 0.1)}
+
+
+def test_a_new_anchor_module_takes_its_width_sigma_and_dropout_from_the_flags(simulated, tmp_path):
+    options = ["--dataset_name", str(simulated), *FAST, "--stage", "1", "--anchor_hidden_size", "48",
+               "--anchor_sigma", "1.5", "--anchor_dropout", "0.25"]
+    output = train_sft.main(*parse(*options, "--output_dir", str(tmp_path / "new")))
+    config = json.loads((output / "config.json").read_text())
+    assert (config["anchor_hidden_size"], config["anchor_sigma"], config["anchor_dropout"]) == (48, 1.5, 0.25)
+    # A checkpoint has its anchor module: a flag that could only change a new one is refused, not ignored.
+    result = subprocess.run([sys.executable, str(ROOT / "train_sft.py"), *options, "--model_name_or_path", str(output),
+                             "--output_dir", str(tmp_path / "again")], capture_output=True, text=True)
+    assert result.returncode == 2 and "--anchor_sigma, --anchor_hidden_size apply only to a new one" in result.stderr
+    assert not (tmp_path / "again").exists()
+
+
 @pytest.mark.parametrize("options, message", [
     (["--stage", "2"], "the anchors would do nothing: this run never trains the anchor module"),
     (["--stage1_tasks", "vqa"], "stage 1: the dataset has no vqa rows to train on (its tasks: caption, classification"),
@@ -142,6 +167,8 @@ def test_stage2_starts_from_stage1(simulated, tmp_path, monkeypatch):
 @pytest.mark.parametrize("options, message", [
     (["--dataset_name", "/nonexistent/folder"], "cannot load it as a dataset"),
     (["--stage", "3"], "invalid choice"),
+    (["--anchor_learning_rate_scale", "0"], "--anchor_learning_rate_scale 0.0: expected a number > 0"),
+    (["--anchor_dropout", "1"], "--anchor_dropout 1.0: expected a share in [0, 1)"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, options, message, capsys):
     with pytest.raises((ValueError, SystemExit)) as error:
