@@ -64,6 +64,9 @@ class FusarArguments:
     stage2_train_anchor_module: bool = field(default=False, metadata={
         "help": "also train the anchor module in stage 2 (the paper freezes it); for datasets without stage-1 rows"})
     use_anchors: bool = field(default=True, metadata={"help": "False: the same run without anchors (ablation)"})
+    train_vision_projector: bool = field(default=False, metadata={
+        "help": "also train the vision projector (Qwen's visual.merger, LLaVA's multi_modal_projector) in every stage: "
+                "for a base whose projector never learnt, like tiny's (the paper freezes the whole visual module)"})
     anchor_learning_rate_scale: float = field(default=1.0, metadata={
         "help": "the anchor module's learning rate as a multiple of its stage's (the language model's)"})
     anchor_dropout: float | None = field(default=None, metadata={
@@ -302,6 +305,14 @@ def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments, mo
                          "without anchors")
 
 
+# The layers between the vision tower and the language model: Qwen2-VL / Qwen2.5-VL's, LLaVA's.
+PROJECTORS = ("merger", "multi_modal_projector")
+
+
+def is_projector(name: str) -> bool:
+    return any(f".{projector}." in name for projector in PROJECTORS)
+
+
 def set_trainable(model, stage: int, args: FusarArguments):
     """Without PEFT, choose the trained parameters here (with PEFT, the LoRA config does)."""
     train_language_model = stage == 2 or args.stage1_train_language_model
@@ -310,6 +321,7 @@ def set_trainable(model, stage: int, args: FusarArguments):
         parameter.requires_grad = (
             (name.startswith("anchor_module.") and trains_anchor_module(stage, args))
             or (in_language_model and train_language_model)
+            or (args.train_vision_projector and is_projector(name))
         )
 
 
@@ -320,6 +332,8 @@ def peft_config(model, stage: int, args: FusarArguments, model_args: ModelConfig
     if not model_args.use_peft or not train_lora:
         return None
     to_save = (["anchor_module"] if trains_anchor_module(stage, args) else []) + list(model_args.lora_modules_to_save or [])
+    if args.train_vision_projector:
+        to_save += [p for p in PROJECTORS if any(name.endswith(f".{p}") for name, _ in model.named_modules())]
     return LoraConfig(r=model_args.lora_r, lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout,
                       target_modules=model_args.lora_target_modules or model.lora_target_modules,
                       modules_to_save=to_save or None, use_rslora=model_args.use_rslora, use_dora=model_args.use_dora)

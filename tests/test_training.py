@@ -73,6 +73,13 @@ def test_stage1_with_lora_trains_lora_and_the_anchor_module(simulated, tmp_path)
     assert all(".language_model." in n or n.startswith("anchor_module.") for n in moved)
 
 
+@pytest.mark.parametrize("peft", [[], ["--use_peft", "true", "--lora_r", "4"]], ids=["full", "lora"])
+def test_the_vision_projector_trains_when_asked_and_the_tower_stays_frozen(simulated, tmp_path, peft):
+    before, model = stage_run(simulated, tmp_path, 2, "--train_vision_projector", "true", *peft)
+    visual = {n for n in changed(before, model) if ".visual." in n}
+    assert visual == {n for n in before if ".visual.merger." in n}
+
+
 def test_stage2_trains_lora_only_with_the_anchor_module_frozen(simulated, tmp_path):
     before, model = stage_run(simulated, tmp_path, 2, "--use_peft", "true", "--lora_r", "4")
     moved = changed(before, model)
