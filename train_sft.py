@@ -98,6 +98,10 @@ class FusarArguments:
     def __post_init__(self):
         if self.anchor_dropout is not None and not 0 <= self.anchor_dropout < 1:
             raise ValueError(f"--anchor_dropout {self.anchor_dropout}: expected a share in [0, 1)")
+        if self.anchor_sigma is not None and not self.anchor_sigma > 0:
+            raise ValueError(f"--anchor_sigma {self.anchor_sigma}: expected a width > 0, in patches of the grid")
+        if self.anchor_hidden_size is not None and self.anchor_hidden_size < 1:
+            raise ValueError(f"--anchor_hidden_size {self.anchor_hidden_size}: expected a positive width")
         if not self.anchor_learning_rate_scale > 0:
             raise ValueError(f"--anchor_learning_rate_scale {self.anchor_learning_rate_scale}: expected a number > 0 "
                              "(a multiple of each stage's learning rate)")

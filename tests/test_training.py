@@ -176,6 +176,8 @@ def test_stage2_starts_from_stage1(simulated, tmp_path, monkeypatch):
     (["--stage", "3"], "invalid choice"),
     (["--anchor_learning_rate_scale", "0"], "--anchor_learning_rate_scale 0.0: expected a number > 0"),
     (["--anchor_dropout", "1"], "--anchor_dropout 1.0: expected a share in [0, 1)"),
+    (["--anchor_sigma", "0"], "--anchor_sigma 0.0: expected a width > 0"),
+    (["--anchor_hidden_size", "0"], "--anchor_hidden_size 0: expected a positive width"),
 ])
 def test_bad_flags_fail_before_training(tmp_path, options, message, capsys):
     with pytest.raises((ValueError, SystemExit)) as error:
