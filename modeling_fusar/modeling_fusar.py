@@ -191,8 +191,10 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             image_tokens = int((input_ids == self.config.base_config.image_token_id).sum())
             feature_tokens = sum(f.shape[0] for f in features.pooler_output)
             if image_tokens != feature_tokens:
-                raise ValueError(f"input_ids hold {image_tokens} image tokens but the images give {feature_tokens} "
-                                 "visual features; build the inputs with the model's processor")
+                # transformers' own words first (its tests and callers match them), then what to do
+                raise ValueError(f"Image features and image tokens do not match, tokens: {image_tokens}, features: "
+                                 f"{feature_tokens}: input_ids hold {image_tokens} image tokens but the images give "
+                                 f"{feature_tokens} visual features; build the inputs with the model's processor")
         return {"image": features}
 
     @property
