@@ -204,13 +204,13 @@ def load_weights(source, args: FusarArguments, model_args: ModelConfig, quantize
         if model_args.load_in_4bit and model_args.dtype in (None, "auto"):
             quantization.bnb_4bit_compute_dtype = torch.float32
         options["quantization_config"] = quantization
+    shape = new_anchor_module(args)
     if config.model_type == "fusar_gpt":
-        if new_anchor_module(args):
+        if shape:
             raise ValueError(f"--model_name_or_path {source} is a FUSAR-GPT checkpoint with its own anchor module: "
-                             f"{', '.join('--' + k for k in new_anchor_module(args))} apply only to a new one (a base "
-                             "model or tiny)")
+                             f"{', '.join('--' + k for k in shape)} apply only to a new one (a base model or tiny)")
         return AutoModelForImageTextToText.from_pretrained(source, **options)
-    return FusarForConditionalGeneration.from_base(source, **options, **new_anchor_module(args))
+    return FusarForConditionalGeneration.from_base(source, **options, **shape)
 
 
 def anchor_dropout(args: FusarArguments) -> dict:
@@ -370,8 +370,9 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
         print(f"stage {stage}: the validation split has no {'/'.join(tasks)} rows; this stage is not evaluated",
               file=sys.stderr)
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
-    trainer = FusarSFTTrainer(model=model, args=stage_args, anchor_learning_rate_scale=args.anchor_learning_rate_scale, train_dataset=train, eval_dataset=evaluation,
+    trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
                               processing_class=processor, peft_config=lora,
+                              anchor_learning_rate_scale=args.anchor_learning_rate_scale,
                               data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)

@@ -35,6 +35,8 @@ REGIONS = ("amazon_forest", "california_coast", "iowa_ag")
 CLASSES = ("water", "trees", "grass", "flooded vegetation", "crops", "shrub and scrub", "built", "bare", "snow and ice")
 QUESTION = "What is the land cover at the centre of this SAR image? Answer with one of: " + ", ".join(CLASSES) + "."
 BIN = Path(sys.executable).parent
+VECTOR = [f"A{i:02d}" for i in range(64)]  # the probes' columns in aef_points
+SAR = ["S1_VV", "S1_VH", "S1_VV_div_VH"]
 
 
 def read_points(per_region: int | None) -> dict[str, list[dict]]:
@@ -169,17 +171,17 @@ def main(argv=None) -> int:
     extra = [part for option in args.train_option for part in (f"--{option.split('=', 1)[0]}", option.split("=", 1)[1])]
     folds = REGIONS[-1:] if args.quick else REGIONS
     runs = [("with", "true")] + ([] if args.with_anchors_only else [("without", "false")])
+    train_points = {held_out: [p for region in REGIONS if region != held_out for p in points[region]] for held_out in folds}
+    setting = json.dumps({"epochs": epochs, "train_options": extra, "points": len(train_points[folds[0]])})
     jobs = []
     for held_out in folds:
-        train_points = [p for region in REGIONS if region != held_out for p in points[region]]
         fold = work / held_out
-        for split, chosen in (("train", train_points), ("test", points[held_out])):
+        for split, chosen in (("train", train_points[held_out]), ("test", points[held_out])):
             manifest = write_manifest(fold / f"{split}-raw", chosen, seed=0 if split == "train" else 1)
             run(BIN / "fusar-data", "import-manifest", manifest, "--task", "landcover", "--split", split,
                 "--output", fold / split, "--overwrite")
         for seed in args.seeds:
             for name, anchors in runs:
-                setting = json.dumps({"epochs": epochs, "train_options": extra, "points": len(train_points)})
                 jobs.append((fold, f"{name}-seed{seed}", anchors, [*extra, "--seed", str(seed)], setting))
     threads = str(max(1, (os.cpu_count() or 1) // args.jobs))
     with ThreadPoolExecutor(args.jobs) as pool:  # each job a pair of subprocesses; the threads only wait
@@ -187,7 +189,6 @@ def main(argv=None) -> int:
 
     table = []
     for held_out in folds:
-        train_points = [p for region in REGIONS if region != held_out for p in points[region]]
         fold = work / held_out
         per_seed = []
         for seed in args.seeds:
@@ -199,11 +200,8 @@ def main(argv=None) -> int:
                     fold / f"eval-without-seed{seed}" / "results.json", "no anchors")
             per_seed.append(scores)
         scores = {name: float(np.mean([s[name] for s in per_seed])) for name in per_seed[0]}
-        vector = [f"A{i:02d}" for i in range(64)]
-        sar = ["S1_VV", "S1_VH", "S1_VV_div_VH"]
-        scores["probe: anchor vector"] = probe(train_points, points[held_out], vector)
-        scores["probe: SAR values"] = probe(train_points, points[held_out], sar)
-        scores["probe: both"] = probe(train_points, points[held_out], vector + sar)
+        for name, inputs in (("anchor vector", VECTOR), ("SAR values", SAR), ("both", VECTOR + SAR)):
+            scores[f"probe: {name}"] = probe(train_points[held_out], points[held_out], inputs)
         table.append((held_out, scores))
         print(f"{held_out}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items())
               + "".join(f"; seed {seed}: anchors {s['anchors']:.3f}" for seed, s in zip(args.seeds, per_seed)), flush=True)
