@@ -112,6 +112,13 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         self.vlm.set_output_embeddings(value)
 
     @property
+    def model(self) -> nn.Module:
+        """The base model's inner model (Qwen2.5-VL's `Qwen2_5_VLModel`), where transformers' code and tests look for
+        `get_rope_index` and other helpers of a `...ForConditionalGeneration`. Not a submodule of its own: the weights
+        stay under `vlm.`."""
+        return self.vlm.model
+
+    @property
     def lora_target_modules(self) -> str:
         """A PEFT `target_modules` regex for every linear layer of the language model, and nothing else."""
         language_model = self.vlm.get_decoder()
@@ -186,16 +193,16 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
     def _encode_images(self, input_ids, pixel_values, anchors: dict, model_inputs: dict) -> dict:
         """`mm_encoder_outputs` for the base model: the images encoded once, with their anchors applied."""
         image_inputs = {k: model_inputs[k] for k in self._image_input_names if model_inputs.get(k) is not None}
-        features = self.get_image_features(pixel_values, **anchors, **image_inputs, return_dict=True)
-        if input_ids is not None:
+        if input_ids is not None:  # checked before anything is encoded (and before the anchors are matched to images)
             image_tokens = int((input_ids == self.config.base_config.image_token_id).sum())
-            feature_tokens = sum(f.shape[0] for f in features.pooler_output)
+            feature_tokens = sum(grid.num_tokens for grid in visual_grids(self.config.base_config, pixel_values,
+                                                                          **image_inputs))
             if image_tokens != feature_tokens:
                 # transformers' own words first (its tests and callers match them), then what to do
                 raise ValueError(f"Image features and image tokens do not match, tokens: {image_tokens}, features: "
                                  f"{feature_tokens}: input_ids hold {image_tokens} image tokens but the images give "
                                  f"{feature_tokens} visual features; build the inputs with the model's processor")
-        return {"image": features}
+        return {"image": self.get_image_features(pixel_values, **anchors, **image_inputs, return_dict=True)}
 
     @property
     def _image_input_names(self) -> list[str]:
@@ -246,7 +253,7 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             anchors = dict(anchor_values=anchor_values, anchor_positions=anchor_positions, anchor_mask=anchor_mask,
                            anchor_year_offsets=anchor_year_offsets)
             mm_encoder_outputs = self._encode_images(input_ids, pixel_values, anchors, kwargs)
-        elif anchor_values is not None:
+        elif anchor_values is not None and not _continues_cache(kwargs):
             raise ValueError("anchor_values need pixel_values: anchors modulate an image's tokens as it is encoded "
                              "(pre-encoded mm_encoder_outputs are used as given)")
         return self.vlm(
@@ -263,9 +270,17 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
         if pixel_values is not None:
             input_ids = kwargs.get("input_ids", inputs)
             kwargs["mm_encoder_outputs"] = self._encode_images(input_ids, pixel_values, anchors, kwargs)
-        elif anchors["anchor_values"] is not None:
+        elif anchors["anchor_values"] is not None and not _continues_cache(kwargs):
             raise ValueError("anchor_values need pixel_values: anchors modulate an image's tokens as it is encoded")
         # The wrapper's generation config (the one checkpoints and users set) with this call's settings applied.
         generation_config = copy.deepcopy(generation_config or self.generation_config)
         model_kwargs = generation_config.update(**kwargs)
         return self.vlm.generate(inputs, generation_config=generation_config, **model_kwargs)
+
+
+def _continues_cache(kwargs: dict) -> bool:
+    """Whether a call continues from a filled KV cache: its images are in the cache already, encoded with their
+    anchors, so anchors given again (as a multi-turn caller or transformers' generation tests do) have nothing to
+    modulate and are not needed."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    return cache is not None and cache.get_seq_length() > 0

@@ -10,7 +10,9 @@ Values are [S, D] for one year or [S, T, D]. NaN vectors without a mask are take
 
 from __future__ import annotations
 
+import io
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,24 +63,26 @@ def as_anchor_set(source, *, anchor_dim: int, grid_size: int = 8, years=None, wh
 
 
 def _from_file(path: Path, anchor_dim: int, years) -> AnchorSet:
-    """An `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
-    with open(path, "rb") as file:
-        magic = file.read(6)
-    if not magic.startswith(b"PK") and magic != b"\x93NUMPY":  # np.load takes anything else for a pickle
-        raise ValueError(f"{path}: not an .npz or .npy anchor file (numpy's zip or array format); expected an .npz "
+    return from_bytes(path.read_bytes(), anchor_dim=anchor_dim, years=years, where=str(path))
+
+
+def from_bytes(data: bytes, *, anchor_dim: int, years=None, where: str = "anchors") -> AnchorSet:
+    """The content of an `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
+    if not data.startswith(b"PK") and not data.startswith(b"\x93NUMPY"):  # np.load takes anything else for a pickle
+        raise ValueError(f"{where}: not an .npz or .npy anchor file (numpy's zip or array format); expected an .npz "
                          "with 'features' and 'positions', or the authors' .npy")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = loaded if isinstance(loaded, np.ndarray) else _npz_arrays(loaded)
-    except (OSError, ValueError, EOFError) as error:
-        raise ValueError(f"{path}: not a readable .npz or .npy anchor file ({error})") from error
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{where}: not a readable .npz or .npy anchor file ({error})") from error
     if isinstance(arrays, np.ndarray):
-        return _from_npy(arrays, path, anchor_dim)
+        return _from_npy(arrays, where, anchor_dim)
     if "positions" not in arrays or not {"features", "values"} & set(arrays):
-        raise ValueError(f"{path}: an anchor .npz needs 'features' (or 'values') and 'positions', has {sorted(arrays)}")
+        raise ValueError(f"{where}: an anchor .npz needs 'features' (or 'values') and 'positions', has {sorted(arrays)}")
     values = arrays.get("values", arrays.get("features"))
     file_years = arrays["years"].tolist() if "years" in arrays else years
-    return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, str(path))
+    return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, where)
 
 
 def _npz_arrays(npz) -> dict[str, np.ndarray]:
@@ -91,7 +95,7 @@ def _npz_arrays(npz) -> dict[str, np.ndarray]:
 NPY_COLUMNS = ("lon", "lat", "row", "col", "x", "y")
 
 
-def _from_npy(array: np.ndarray, path: Path, anchor_dim: int) -> AnchorSet:
+def _from_npy(array: np.ndarray, path: str, anchor_dim: int) -> AnchorSet:
     """As the authors' data code reads it: positions (row, col) are the y and x columns (else row and col), each
     min-max normalised over the file to [0, 1] (a column with one value sits at 0.5)."""
     bands = [f"A{i:02d}" for i in range(anchor_dim)]
