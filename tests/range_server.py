@@ -1,6 +1,6 @@
 """A static file server on 127.0.0.1 for the cloud AlphaEarth tests, with what real servers do wrong on demand:
 `mode` "range" (HTTP Range requests, as object stores serve), "ignore-range" (always the whole file), "truncate"
-(ranges cut short of their Content-Length); `fail_every` > 0 answers every n-th request with 503. It counts the
+(ranges cut short of their Content-Length), "stall" (no answer for a minute); `fail_every` > 0 answers every n-th request with 503. It counts the
 bytes it sent.
 
 It runs in its own process: GDAL holds the GIL while it opens a file, so a server thread in the test's process
@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -58,6 +59,8 @@ class Handler(BaseHTTPRequestHandler):
         path = (self.server.root / self.path.lstrip("/").split("?")[0]).resolve()
         if failing:
             return self.send_error(503)
+        if self.server.mode == "stall":
+            return time.sleep(60)
         if not path.is_relative_to(self.server.root.resolve()) or not path.is_file():
             return self.send_error(404)
         data = path.read_bytes()

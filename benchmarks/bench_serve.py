@@ -1,0 +1,163 @@
+"""fusar-serve under load: requests/s, generated tokens/s and p50 / p95 latency at 1, 8 and 32 concurrent clients,
+
+- FUSAR-GPT (every image with 64 explicit anchors, sent as an .npz) against the same server with its base model
+  (no anchors): goal ratio >= 0.9;
+- against a sequential `generate` loop over the same requests in this process: goal >= 4x at 32 clients.
+
+The model: language model hidden 512 x 4 layers, vision hidden 256, 224 px images (64 visual tokens), random
+weights with the anchor module untrained, so that FUSAR-GPT, its base and the loop generate the same tokens and
+lengths (the anchor module still runs; tokens/s counts what was generated). Greedy, `max_tokens` 32. Each server runs alone (one at a time), as a
+subprocess, and is called by the openai client from threads.
+
+Run: python benchmarks/bench_serve.py  (--quick for a smoke run)
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+from PIL import Image
+
+from modeling_fusar import FusarForConditionalGeneration
+from modeling_fusar.tiny import tiny_qwen2_5_vl, train_tokenizer
+from processing import FusarProcessor
+
+QUESTION = "Describe this SAR scene."
+
+
+def build(folder: Path) -> tuple[Path, Path, FusarForConditionalGeneration, FusarProcessor]:
+    torch.manual_seed(0)
+    tokenizer = train_tokenizer(family="qwen2_5_vl")
+    base, base_processor = tiny_qwen2_5_vl(tokenizer, hidden_size=512, layers=4, vision_hidden=256, vision_depth=2,
+                                           min_pixels=224 * 224, max_pixels=224 * 224)
+    model, processor = FusarForConditionalGeneration.from_base(base).eval(), FusarProcessor.from_base(base_processor)
+    model.save_pretrained(folder / "fusar")
+    processor.save_pretrained(folder / "fusar")
+    base.save_pretrained(folder / "base")
+    base_processor.save_pretrained(folder / "base")
+    return folder / "fusar", folder / "base", model, processor
+
+
+def requests(count: int) -> list[dict]:
+    """Distinct images (PNG data URLs) with 64 anchors each (.npz, base64)."""
+    rng = np.random.default_rng(0)
+    made = []
+    for _ in range(count):
+        png = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)).save(png, "PNG")
+        values = rng.normal(size=(64, 64)).astype(np.float32)
+        npz = io.BytesIO()
+        np.savez(npz, values=values / np.linalg.norm(values, axis=1, keepdims=True),
+                 positions=rng.uniform(size=(64, 2)).astype(np.float32))
+        made.append({"image": png.getvalue(), "npz": npz.getvalue()})
+    return made
+
+
+def body(request: dict, anchors: bool, max_tokens: int) -> dict:
+    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(request["image"]).decode()}}
+    if anchors:
+        part["anchors"] = {"npz": base64.b64encode(request["npz"]).decode()}
+    return {"messages": [{"role": "user", "content": [part, {"type": "text", "text": QUESTION}]}], "max_tokens": max_tokens}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def load(checkpoint: Path, bodies: list[dict], levels: list[int]) -> dict[int, dict]:
+    """Each concurrency level's figures against one fusar-serve process."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "serving.cli", str(checkpoint), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(server.stderr.read()[-2000:])
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        from openai import OpenAI
+
+        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
+
+        def ask(request: dict) -> tuple[float, int]:
+            start = time.perf_counter()
+            reply = client.chat.completions.create(model=checkpoint.name, **request)
+            return time.perf_counter() - start, reply.usage.completion_tokens
+
+        ask(bodies[0])  # warm-up
+        figures = {}
+        for clients in levels:
+            start = time.perf_counter()
+            with ThreadPoolExecutor(clients) as pool:
+                results = list(pool.map(ask, bodies))
+            wall = time.perf_counter() - start
+            latencies = sorted(r[0] for r in results)
+            figures[clients] = {"requests/s": len(bodies) / wall, "tokens/s": sum(r[1] for r in results) / wall,
+                                "p50 s": statistics.median(latencies), "p95 s": latencies[int(0.95 * (len(latencies) - 1))]}
+        return figures
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def sequential_generate(model, processor, made: list[dict], max_tokens: int) -> float:
+    """Requests/s of one `generate` per request, in order, in this process: what a script does without a server."""
+    text = processor.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": QUESTION}]}],
+                                         add_generation_prompt=True)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for request in made:
+            data = np.load(io.BytesIO(request["npz"]))
+            inputs = processor(images=[Image.open(io.BytesIO(request["image"]))], text=[text], return_tensors="pt",
+                               anchors=[{"values": data["values"], "positions": data["positions"]}])
+            model.generate(**inputs, max_new_tokens=max_tokens, do_sample=False)
+    return len(made) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="8 requests, 8 tokens, 1 and 8 clients")
+    args = parser.parse_args()
+    count, max_tokens, levels = (8, 8, [1, 8]) if args.quick else (64, 32, [1, 8, 32])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # while a server runs, this process only sends requests and times them
+    with tempfile.TemporaryDirectory() as folder:
+        fusar, base, model, processor = build(Path(folder))
+        made = requests(count)
+        with_anchors = [body(r, True, max_tokens) for r in made]
+        without = [body(r, False, max_tokens) for r in made]
+        served = {"FUSAR-GPT": load(fusar, with_anchors, levels), "base": load(base, without, levels)}
+        torch.set_num_threads(threads)  # the loop gets the machine, as the servers did
+        loop = sequential_generate(model, processor, made, max_tokens)
+    print(f"{count} requests, {max_tokens} tokens each; sequential generate loop: {loop:.2f} requests/s\n")
+    print("| clients | model | requests/s | tokens/s | p50 latency s | p95 latency s | vs base | vs generate loop |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|")
+    for clients in levels:
+        for name, figures in served.items():
+            f = figures[clients]
+            ratio = f["requests/s"] / served["base"][clients]["requests/s"]
+            print(f"| {clients} | {name} | {f['requests/s']:.2f} | {f['tokens/s']:.1f} | {f['p50 s']:.2f} | "
+                  f"{f['p95 s']:.2f} | {ratio:.2f}x | {f['requests/s'] / loop:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""The HTTP side: `POST /v1/chat/completions` (streamed as server-sent events or not), `GET /v1/models`,
+`GET /health`; OpenAI-shaped errors. Each request's images are read and its anchors found off the event loop, then
+its row joins the engine's next batch."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from jinja2 import TemplateError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .anchors import AnchorFinder, ImageAnchors, given_anchors
+from .chat_request import ChatRequest, parse_chat_request
+from .engine import Engine, Job
+from .errors import RequestError
+from .images import ImageLimits, read_image
+
+logger = logging.getLogger("fusar_serve")
+
+
+@dataclass
+class ServerSettings:
+    model_name: str
+    image_root: Path | None = None
+    limits: ImageLimits = field(default_factory=ImageLimits)
+    max_request_bytes: int = 100 * 2**20  # a few base64 images of the image limit
+    max_tokens: int = 512  # the default, and the most a request may ask for
+
+
+def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) -> FastAPI:
+    app = FastAPI(title="fusar-serve", docs_url=None, redoc_url=None, openapi_url=None)
+    created = int(time.time())
+    anchor_dim = getattr(engine.model.config, "anchor_dim", None)  # None: the model has no anchor module
+
+    @app.exception_handler(RequestError)
+    async def request_error(request, error: RequestError):
+        return JSONResponse(error.body(), status_code=error.status)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request, error: HTTPException):  # unknown routes and methods, in the same shape
+        return JSONResponse(RequestError(str(error.detail), error.status_code).body(), status_code=error.status_code)
+
+    @app.exception_handler(Exception)
+    async def server_error(request, error: Exception):
+        logger.exception("request failed")
+        return JSONResponse({"error": {"message": "internal server error", "type": "server_error", "param": None,
+                                       "code": None}}, status_code=500)
+
+    @app.get("/health")
+    async def health():
+        if not engine.worker.is_alive():
+            return JSONResponse({"status": "engine stopped"}, status_code=503)
+        return {"status": "ok", "batches": engine.batches, "requests": engine.rows}
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "fusar-gpt"}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str):
+        check_model(name)
+        return model_card()
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != settings.model_name:
+            raise RequestError(f"The model `{name}` does not exist; this server serves `{settings.model_name}`",
+                               status=404, param="model", code="model_not_found")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        chat = parse_chat_request(await read_json(request, settings.max_request_bytes))
+        check_model(chat.model)
+        max_tokens = chat.max_tokens or settings.max_tokens
+        if max_tokens > settings.max_tokens:
+            raise RequestError(f"max_tokens: at most {settings.max_tokens} on this server", param="max_tokens")
+        inputs, anchors = await prepare(chat)
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        job = Job(inputs, chat.sampling, max_tokens, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+                  stop=chat.stop)
+        engine.submit(job)
+        reports = [a.report(i) for i, a in enumerate(anchors)]
+        reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
+        if chat.stream:
+            return StreamingResponse(stream(job, events, reply, reports, chat.include_usage),
+                                     media_type="text/event-stream")
+        text = []
+        try:
+            while (event := await events.get())[0] == "delta":
+                text.append(event[1])
+        finally:
+            job.cancelled = True  # a client gone mid-wait frees its row
+        kind, *details = event
+        if kind == "error":
+            raise RuntimeError(details[0])
+        reason, usage = details
+        return reply | {"object": "chat.completion", "usage": usage, "anchors": reports, "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": reason}]}
+
+    async def image_anchors(image, scene) -> ImageAnchors:
+        if anchor_dim is None:
+            return ImageAnchors(None, "none", "the model has no anchor module")
+        return given_anchors(image.anchors, image.anchors_where, anchor_dim) or await finder.find(scene)
+
+    async def prepare(chat: ChatRequest) -> tuple[dict, list[ImageAnchors]]:
+        """The request's model inputs (a batch of one) and each image's anchors."""
+        scenes = await asyncio.gather(*(asyncio.to_thread(read_image, image.url, image.where, settings.image_root,
+                                                          settings.limits) for image in chat.images))
+        anchors = await asyncio.gather(*(image_anchors(image, scene) for image, scene in zip(chat.images, scenes)))
+        processor = engine.processor
+        options = {}
+        if scenes and anchor_dim is not None:
+            options = {"anchors": [a.anchors for a in anchors], "acquisition_years": [s.year for s in scenes]}
+        try:
+            text = processor.apply_chat_template(chat.conversation, add_generation_prompt=True)
+            inputs = await asyncio.to_thread(processor, images=[s.image for s in scenes] or None, text=[text],
+                                             return_tensors="pt", **options)
+        except (ValueError, TemplateError) as error:  # a conversation the chat template or processor cannot take
+            raise RequestError(f"messages: {error}", param="messages") from None
+        return dict(inputs), anchors
+
+    return app
+
+
+async def read_json(request: Request, max_bytes: int):
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(max_bytes)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise _too_large(max_bytes)
+    try:
+        return json.loads(body)
+    except ValueError:
+        raise RequestError("the request body is not valid JSON") from None
+
+
+def _too_large(max_bytes: int) -> RequestError:
+    return RequestError(f"the request body is larger than the server's limit of {max_bytes // 2**20} MiB",
+                        status=413, code="request_too_large")
+
+
+async def stream(job: Job, events: asyncio.Queue, reply: dict, reports: list[dict], include_usage: bool):
+    """Server-sent events as OpenAI streams them: the role first (with the anchors used), the text in pieces, the
+    finish reason, the usage if asked, then [DONE]."""
+    chunk = reply | {"object": "chat.completion.chunk"}
+
+    def event(delta: dict, reason=None, **extra) -> str:
+        return f"data: {json.dumps(chunk | {'choices': [{'index': 0, 'delta': delta, 'finish_reason': reason}]} | extra)}\n\n"
+
+    try:
+        yield event({"role": "assistant", "content": ""}, anchors=reports)
+        while (message := await events.get())[0] == "delta":
+            yield event({"content": message[1]})
+        if message[0] == "error":
+            yield f"data: {json.dumps({'error': {'message': message[1], 'type': 'server_error'}})}\n\n"
+            return
+        _, reason, usage = message
+        yield event({}, reason)
+        if include_usage:
+            yield f"data: {json.dumps(chunk | {'choices': [], 'usage': usage})}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        job.cancelled = True

@@ -1,0 +1,95 @@
+"""fusar-serve: a FUSAR-GPT checkpoint (or any image-text-to-text model) behind an OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from command_line import command, local_or_hub_id, non_negative_int, positive_int
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fusar-serve", description=__doc__)
+    parser.add_argument("checkpoint", help="a checkpoint folder or Hub id (FUSAR-GPT, or a base model: no anchors)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
+    parser.add_argument("--port", type=non_negative_int, default=8000)
+    parser.add_argument("--served-model-name", help="the model's name in the API (default: the checkpoint as given)")
+    parser.add_argument("--image-root", help="a folder whose files requests may name by path (default: none; "
+                                             "images come as data: or http(s) URLs)")
+    parser.add_argument("--alphaearth", help="the AlphaEarth release (URL or folder, as fusar-data anchors --source) "
+                                             "to find the anchors of georeferenced images that come without them")
+    parser.add_argument("--alphaearth-index", help="the release's index (GeoParquet), if not aef_index.parquet under it")
+    parser.add_argument("--alphaearth-cache", help="folder for the blocks read from the release (default: "
+                                                   "~/.cache/fusar-gpt/alphaearth; shared by all requests)")
+    parser.add_argument("--anchor-timeout", type=positive_float, default=10.0,
+                        help="seconds to wait for an image's anchors before answering without them (default 10)")
+    parser.add_argument("--max-batch-size", type=positive_int, default=32, help="requests generated together")
+    parser.add_argument("--max-tokens", type=positive_int, default=512,
+                        help="tokens a request generates by default, and the most it may ask for")
+    parser.add_argument("--kv-cache-entries", type=non_negative_int, default=16,
+                        help="finished conversations whose KV cache a next turn may continue (0: none)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if there is one)")
+    return parser
+
+
+@command("fusar-serve")
+def main(argv=None):
+    args = parser().parse_args(argv)
+    local_or_hub_id(args.checkpoint, "checkpoint")
+    image_root = Path(args.image_root) if args.image_root else None
+    if image_root is not None and not image_root.is_dir():
+        raise ValueError(f"--image-root {image_root}: no such folder")
+    import torch
+    import uvicorn
+    from PIL import Image
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import modeling_fusar  # registers the Auto classes
+
+    from processing.base import load_base_processor
+
+    from .anchors import AnchorFinder
+    from .app import ServerSettings, build_app
+    from .engine import Engine
+    from .images import ImageLimits
+
+    source = None
+    if args.alphaearth:  # opened (its index read) before the model loads: a wrong source fails in seconds
+        from dataset_scripts.alphaearth_cloud import open_source
+
+        source = open_source(args.alphaearth, args.alphaearth_index, args.alphaearth_cache)
+    device = args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = args.dtype if args.dtype != "auto" else "auto"
+    model = AutoModelForImageTextToText.from_pretrained(args.checkpoint, dtype=dtype).to(device).eval()
+    fusar = isinstance(model.config, modeling_fusar.FusarConfig)
+    processor = AutoProcessor.from_pretrained(args.checkpoint) if fusar else load_base_processor(args.checkpoint)
+    limits = ImageLimits()
+    Image.MAX_IMAGE_PIXELS = limits.pixels  # PIL's own bomb check, at the server's limit
+    engine = Engine(model, processor, max_batch_size=args.max_batch_size, cache_entries=args.kv_cache_entries)
+    finder = AnchorFinder(source, timeout=args.anchor_timeout)
+    # A local checkpoint is named by its folder: the API shows no server path.
+    name = args.served_model_name or (Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint)
+    settings = ServerSettings(name, image_root, limits, max_tokens=args.max_tokens)
+    app = build_app(engine, finder, settings)
+    print(f"fusar-serve: {settings.model_name} on http://{args.host}:{args.port}/v1 (anchors: "
+          f"{'found through ' + args.alphaearth if source else 'from requests only'})", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        finder.close()
+        engine.close()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,127 @@
+"""An `image_url` of a request as the model's image, with the georeference and year its anchors need.
+
+Accepted: a `data:` URL (base64), an http(s) URL, or a path (plain or `file://`) under the folder the server was
+started with (`--image-root`), never anywhere else on its disk. GeoTIFFs keep their georeference and date tags.
+The limits are the Space's: file size, pixel count (a decompression bomb stops at the header), conversion memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import tempfile
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import rasterio
+from PIL import Image, UnidentifiedImageError
+
+from dataset_scripts.sar_reader import SarScene, read_sar_scene
+
+from .errors import RequestError
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+DATA_URL = re.compile(r"data:(?P<mime>[\w.+/-]*)(?:;[\w=.-]+)*?;base64,(?P<data>.*)", re.DOTALL)
+
+
+@dataclass
+class ImageLimits:
+    file_bytes: int = 50 * 2**20  # one image, as the Space's upload limit
+    pixels: int = 8192 * 8192  # width x height, checked from the header before any pixel is decoded
+    conversion_bytes: int = 2**30  # working memory of one conversion (processing.sar.check_image_memory)
+    fetch_timeout: float = 20.0  # seconds for an http(s) image
+
+
+def read_image(url: str, where: str, root: Path | None, limits: ImageLimits) -> SarScene:
+    """The scene behind `url`; `where` names the request field in errors (400, or 413 over a limit)."""
+    if not isinstance(url, str) or not url:
+        raise RequestError(f"{where}: expected a data: URL, an http(s) URL or a path under the server's image root",
+                           param=where)
+    if url.startswith("data:"):
+        return _read_bytes(_decode_data_url(url, where, limits), where, limits)
+    if url.startswith(("http://", "https://")):
+        return _read_bytes(_download(url, where, limits), where, limits)
+    return _read_file(_local_path(url, where, root), where, limits)
+
+
+def _decode_data_url(url: str, where: str, limits: ImageLimits) -> bytes:
+    match = DATA_URL.fullmatch(url)
+    if match is None:
+        raise RequestError(f"{where}: a data: URL must be base64 (data:<type>;base64,<data>)", param=where)
+    if len(match["data"]) * 3 // 4 > limits.file_bytes:
+        raise _too_large(where, limits)
+    try:
+        return base64.b64decode(match["data"], validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(f"{where}: the data: URL is not valid base64", param=where) from None
+
+
+def _download(url: str, where: str, limits: ImageLimits) -> bytes:
+    try:
+        with httpx.stream("GET", url, timeout=limits.fetch_timeout, follow_redirects=True) as response:
+            if response.status_code != 200:
+                raise RequestError(f"{where}: fetching the image gave HTTP {response.status_code}", param=where)
+            data = bytearray()
+            for chunk in response.iter_bytes():
+                data += chunk
+                if len(data) > limits.file_bytes:
+                    raise _too_large(where, limits)
+            return bytes(data)
+    except httpx.HTTPError as error:
+        raise RequestError(f"{where}: the image could not be fetched ({type(error).__name__})", param=where) from None
+
+
+def _local_path(url: str, where: str, root: Path | None) -> Path:
+    # file://name, file:///root/name (URLs, quoted), or a plain path
+    relative = urllib.parse.unquote(url.removeprefix("file://")) if url.startswith("file://") else url
+    path = (root / relative).resolve() if root is not None else None
+    if path is None or not path.is_relative_to(root.resolve()) or not path.is_file():
+        raise RequestError(f"{where}: not a data: or http(s) URL, and not a file under the server's image root "
+                           "(paths are read only below the folder the server was started with, --image-root)",
+                           param=where)
+    if path.stat().st_size > 0:
+        return path
+    raise RequestError(f"{where}: the file is empty", param=where)
+
+
+def _read_bytes(data: bytes, where: str, limits: ImageLimits) -> SarScene:
+    # The readers take files (rasterio for GeoTIFFs, by suffix): the bytes go to a private temporary one.
+    suffix = ".tif" if data[:4] in TIFF_MAGIC else ".image"
+    with tempfile.TemporaryDirectory(prefix="fusar-serve-") as folder:
+        path = Path(folder) / f"upload{suffix}"
+        path.write_bytes(data)
+        return _read_file(path, where, limits, shown=where)
+
+
+def _read_file(path: Path, where: str, limits: ImageLimits, shown: str | None = None) -> SarScene:
+    if path.stat().st_size > limits.file_bytes:
+        raise _too_large(where, limits)
+    pixels = _header_pixels(path, where)
+    if pixels > limits.pixels:
+        raise RequestError(f"{where}: {pixels} pixels, more than the server's limit of {limits.pixels}", status=413,
+                           param=where, code="image_too_large")
+    try:
+        return read_sar_scene(path, max_bytes=limits.conversion_bytes)
+    except ValueError as error:  # the readers name the file: the client sees its own field instead
+        raise RequestError(str(error).replace(str(path), shown or path.name), param=where) from None
+
+
+def _header_pixels(path: Path, where: str) -> int:
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            with rasterio.open(path) as dataset:
+                return dataset.width * dataset.height
+        with Image.open(path) as image:  # the header only
+            return image.width * image.height
+    except Image.DecompressionBombError:  # PIL's own limit, far above ours
+        return 2**62
+    except (OSError, UnidentifiedImageError, rasterio.errors.RasterioError):
+        raise RequestError(f"{where}: not a readable image (PNG, JPEG, TIFF or GeoTIFF expected)", param=where) from None
+
+
+def _too_large(where: str, limits: ImageLimits) -> RequestError:
+    return RequestError(f"{where}: the image is larger than the server's limit of {limits.file_bytes // 2**20} MiB",
+                        status=413, param=where, code="image_too_large")

@@ -1,0 +1,277 @@
+"""fusar-serve as a client meets it: the server started as a subprocess on 127.0.0.1 with a tiny checkpoint and a
+local AlphaEarth release replica, called with the official openai client (and raw HTTP for what a client must
+not be able to send). Every answer is compared with `generate` in this process on the same inputs."""
+
+from __future__ import annotations
+
+import base64
+import io
+import socket
+import subprocess
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+from rasterio.transform import from_origin
+
+from conftest import build, random_anchors, random_image
+from dataset_scripts.alphaearth import sample_anchors
+from dataset_scripts.alphaearth_cloud import open_source
+from dataset_scripts.sar_reader import read_sar_scene
+from range_server import serve
+from test_alphaearth_cloud import LEFT, TOP, UTM, release  # noqa: F401  (the release replica fixture)
+from test_readme import healthy
+
+openai = pytest.importorskip("openai", reason="the openai client comes with the dev extra")
+QUESTION = "How many ships are in this SAR image?"
+TOKENS = 8
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    def __init__(self, checkpoint: Path, *options: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen([sys.executable, "-m", "serving.cli", str(checkpoint), "--port", str(self.port),
+                                         *options], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while not healthy(f"{self.url}/health"):
+            if self.process.poll() is not None:
+                raise RuntimeError(f"fusar-serve exited: {self.process.stderr.read()[-2000:]}")
+            if time.time() > deadline:
+                raise RuntimeError("fusar-serve did not answer /health within 300 s")
+            time.sleep(0.3)
+        self.client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, timeout=120)
+
+    def stop(self) -> str:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+        return self.process.stderr.read()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def image_message(url: str, question: str = QUESTION, **part) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}, **part},
+                                         {"type": "text", "text": question}]}]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tokenizers, tmp_path_factory):
+    model, processor = build(tokenizers, "qwen2_5_vl", modulate=True)  # anchors change the answers
+    folder = tmp_path_factory.mktemp("serve") / "fusar-tiny"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder, model, processor
+
+
+@pytest.fixture(scope="module")
+def scene(release, tmp_path_factory):  # noqa: F811
+    """A float32 backscatter GeoTIFF (linear power, dated 2021) over the replica's first tile."""
+    folder = tmp_path_factory.mktemp("images")
+    path = folder / "s1_20210614.tif"
+    power = np.random.default_rng(3).gamma(1.0, 0.05, (1, 96, 96)).astype(np.float32)
+    with rasterio.open(path, "w", driver="GTiff", width=96, height=96, count=1, dtype="float32", crs=UTM,
+                       transform=from_origin(LEFT + 500, TOP - 500, 20, 20)) as dataset:
+        dataset.write(power)
+        dataset.update_tags(ACQUISITION_START_TIME="2021-06-14T06:00:00")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint, release, scene):  # noqa: F811
+    running = Server(checkpoint[0], "--alphaearth", str(release), "--image-root", str(scene.parent),
+                     "--alphaearth-cache", str(scene.parent / "cache"), "--anchor-timeout", "60")
+    yield running
+    running.stop()
+
+
+def generated(model, processor, messages, images=(), anchors=None, years=None) -> str:
+    """The reference: greedy `generate` in this process, one request alone."""
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    given = {"anchors": anchors, "acquisition_years": years} if anchors is not None else {}
+    inputs = processor(images=list(images) or None, text=[text], return_tensors="pt", **given)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=TOKENS, do_sample=False)
+    return processor.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+def template_messages(question: str = QUESTION) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def test_a_geotiff_gets_its_anchors_from_the_release_and_the_answer_of_generate_with_them(server, checkpoint, scene, release):  # noqa: F811
+    _, model, processor = checkpoint
+    reply = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
+                                                  messages=image_message(data_url(scene.read_bytes(), "image/tiff")))
+    assert reply.model_extra["anchors"] == [{"image": 0, "source": "alphaearth", "count": 64, "years": [2021]}]
+    sar = read_sar_scene(scene)
+    anchors = sample_anchors(open_source(str(release), cache_dir=scene.parent / "test-cache"), sar.footprint, 2021)
+    assert reply.choices[0].message.content == generated(model, processor, template_messages(), [sar.image], [anchors], [2021])
+    assert reply.usage.completion_tokens == TOKENS and reply.choices[0].finish_reason == "length"
+    # The same file named by path under the server's image root, or fetched over http, gives the same answer.
+    with serve(scene.parent) as files:
+        for url in (scene.name, f"file://{scene.name}", f"{files.url}/{scene.name}"):
+            again = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=image_message(url))
+            assert again.choices[0].message.content == reply.choices[0].message.content, url
+
+
+def test_explicit_anchors_as_an_npz_or_as_values_give_the_answer_of_generate_with_them(server, checkpoint):
+    _, model, processor = checkpoint
+    image, anchors = random_image(5), random_anchors(5, 9)
+    buffer = io.BytesIO()
+    np.savez(buffer, values=anchors["values"], positions=anchors["positions"])
+    npz = {"npz": base64.b64encode(buffer.getvalue()).decode()}
+    as_npz = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
+                                                   messages=image_message(data_url(png(image)), anchors=npz))
+    values = {"values": anchors["values"].tolist(), "positions": anchors["positions"].tolist()}
+    as_values = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, extra_body={"anchors": [values]},
+                                                      messages=image_message(data_url(png(image))))
+    expected = generated(model, processor, template_messages(), [image], [anchors])
+    assert as_npz.choices[0].message.content == as_values.choices[0].message.content == expected
+    assert as_npz.model_extra["anchors"] == [{"image": 0, "source": "request", "count": 9, "years": []}]
+
+
+def test_no_anchors_is_exactly_the_base_model(server, checkpoint, scene):
+    _, model, processor = checkpoint
+    for part in ({"anchors": "none"}, {}):  # asked for none; a PNG without georeference has none to find
+        image = random_image(6)
+        reply = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
+                                                      messages=image_message(data_url(png(image)), **part))
+        base = generated(model.vlm, processor.base_processor, template_messages(), [image])
+        assert reply.choices[0].message.content == base
+        assert reply.model_extra["anchors"][0]["source"] == "none" and reply.model_extra["anchors"][0]["note"]
+
+
+def test_streaming_gives_the_same_text_in_pieces_then_the_reason_and_usage(server):
+    messages = image_message(data_url(png(random_image(7))))
+    whole = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages)
+    chunks = list(server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages,
+                                                        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant" and chunks[0].model_extra["anchors"][0]["source"] == "none"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == TOKENS and not chunks[-1].choices
+
+
+def test_eight_concurrent_clients_get_the_answers_of_eight_sequential_ones_in_fewer_batches(server):
+    requests = [dict(messages=image_message(data_url(png(random_image(10 + i))), f"Question {i}: ships?"),
+                     max_tokens=TOKENS - i % 3) for i in range(8)]
+    requests[3]["extra_body"] = {"anchors": [{key: value.tolist() for key, value in random_anchors(3, 4).items()}]}
+    requests[5]["messages"] = [{"role": "user", "content": "no image, just text"}]
+
+    def ask(request):
+        return server.client.chat.completions.create(model="fusar-tiny", **request).choices[0].message.content
+
+    sequential = [ask(request) for request in requests]
+    before = httpx.get(f"{server.url}/health").json()
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(pool.map(ask, requests))
+    after = httpx.get(f"{server.url}/health").json()
+    assert concurrent == sequential
+    assert after["requests"] - before["requests"] == 8 and after["batches"] - before["batches"] < 8  # batched
+
+
+def test_a_second_turn_continues_from_the_first_turns_cache(server, checkpoint):
+    _, model, processor = checkpoint
+    image = random_image(8)
+    messages = image_message(data_url(png(image)))
+    first = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    answer = first.choices[0].message.content
+    messages += [{"role": "assistant", "content": answer}, {"role": "user", "content": "And how many boats?"}]
+    second = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages)
+    assert second.usage.prompt_tokens_details.cached_tokens >= first.usage.prompt_tokens
+    conversation = template_messages() + [{"role": "assistant", "content": [{"type": "text", "text": answer}]},
+                                          {"role": "user", "content": [{"type": "text", "text": "And how many boats?"}]}]
+    assert second.choices[0].message.content == generated(model.vlm, processor.base_processor, conversation, [image])
+
+
+def error_of(response: httpx.Response) -> tuple[int, str]:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"])
+    return response.status_code, body["error"]["message"]
+
+
+def test_bad_requests_get_openai_errors_that_name_the_field_and_no_server_path(server, scene, tmp_path):
+    post = lambda body: httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=60)  # noqa: E731
+    cases = {
+        "not base64": (image_message("data:image/png;base64,@@@"), 400, "content[0].image_url: the data: URL is not valid base64"),
+        "not an image": (image_message(data_url(b"plain text")), 400, "not a readable image"),
+        "outside the root": (image_message(str(scene.parent.parent / "x.png")), 400, "not a file under the server's image root"),
+        "escaping the root": (image_message("../" * 8 + "etc/passwd"), 400, "not a file under the server's image root"),
+        "bad anchors": (image_message(data_url(png(random_image(0))), anchors={"values": [[0.5] * 3], "positions": [[0.5, 0.5]]}),
+                        400, "content[0].anchors: anchor vectors have 3 dimensions, expected anchor_dim=64"),
+        "anchors of no form": (image_message(data_url(png(random_image(0))), anchors={"file": "/etc/passwd"}), 400, "expected \"none\""),
+    }
+    for name, (messages, status, message) in cases.items():
+        got_status, got = error_of(post({"model": "fusar-tiny", "messages": messages}))
+        assert (got_status, message in got) == (status, True), (name, got)
+        assert str(scene.parent) not in got and "Traceback" not in got
+    assert error_of(post({"model": "other", "messages": [{"role": "user", "content": "hi"}]}))[0] == 404
+    assert error_of(post({"messages": [{"role": "user", "content": "hi"}], "n": 2}))[0] == 400
+    assert error_of(post({"messages": [{"role": "user", "content": "hi"}], "frobnicate": 1})) == \
+        (400, "unrecognized request argument: frobnicate")
+    assert error_of(httpx.post(f"{server.url}/v1/chat/completions", content=b"{not json", timeout=10))[0] == 400
+    assert error_of(httpx.get(f"{server.url}/v1/nothing-here", timeout=10))[0] == 404
+    with pytest.raises(openai.NotFoundError):
+        server.client.models.retrieve("other")
+    # Over the limits: a PNG whose header claims 200,000 x 200,000 pixels, and a body declared larger than allowed.
+    bomb = png(Image.new("L", (1, 1)))
+    header = b"IHDR" + (200_000).to_bytes(4, "big") * 2 + bomb[24:29]
+    bomb = bomb[:12] + header + zlib.crc32(header).to_bytes(4, "big") + bomb[33:]
+    assert error_of(post({"messages": image_message(data_url(bomb))}))[0] == 413
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:
+        raw.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                    b"Content-Length: 900000000\r\n\r\n{")
+        assert raw.recv(4096).split(b"\r\n")[0].endswith(b"413 Request Entity Too Large")
+    # The server is still there, answering.
+    assert server.client.chat.completions.create(model="fusar-tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+
+
+def test_a_stalled_alphaearth_source_gives_an_answer_without_anchors_that_says_so(checkpoint, release, scene):  # noqa: F811
+    _, model, processor = checkpoint
+    with serve(release) as tiles:
+        tiles.set(mode="stall")
+        stalled = Server(checkpoint[0], "--alphaearth", tiles.url, "--alphaearth-index", str(release / "aef_index.parquet"),
+                         "--alphaearth-cache", str(scene.parent / "stall-cache"), "--anchor-timeout", "2")
+        try:
+            start = time.time()
+            reply = stalled.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
+                                                           messages=image_message(data_url(scene.read_bytes())))
+            assert time.time() - start < 30
+        finally:
+            stalled.stop()
+    assert reply.model_extra["anchors"] == [{"image": 0, "source": "none", "count": 0, "years": [],
+                                             "note": "the AlphaEarth source did not answer within 2 s"}]
+    sar = read_sar_scene(scene)
+    assert reply.choices[0].message.content == generated(model.vlm, processor.base_processor, template_messages(), [sar.image])
+
+
+def test_the_console_script_refuses_a_missing_checkpoint_or_image_root_in_one_line(checkpoint, tmp_path):
+    for arguments, message in (([str(tmp_path / "nothing")], "no such file or folder"),
+                               ([str(checkpoint[0]), "--image-root", str(tmp_path / "none")], "--image-root")):
+        done = subprocess.run(["fusar-serve", *arguments], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
