@@ -6,8 +6,9 @@
 
 The model: language model hidden 512 x 4 layers, vision hidden 256, 224 px images (64 visual tokens), random
 weights with the anchor module untrained, so that FUSAR-GPT, its base and the loop generate the same tokens and
-lengths (the anchor module still runs; tokens/s counts what was generated). Greedy, `max_tokens` 32. Each server runs alone (one at a time), as a
-subprocess, and is called by the openai client from threads.
+lengths (the anchor module still runs; tokens/s counts what was generated). Greedy, `max_tokens` 32. Both
+servers run as subprocesses, measured in alternating rounds (the idle one waits on its socket), called by the
+openai client from threads; the median of 3 rounds is reported.
 
 Run: python benchmarks/bench_serve.py  (--quick for a smoke run)
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import socket
 import statistics
@@ -79,8 +81,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def load(checkpoint: Path, bodies: list[dict], levels: list[int]) -> dict[int, dict]:
-    """Each concurrency level's figures against one fusar-serve process."""
+@contextlib.contextmanager
+def running(checkpoint: Path):
+    """An openai client of a fusar-serve process serving `checkpoint`."""
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "serving.cli", str(checkpoint), "--port", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -89,34 +92,38 @@ def load(checkpoint: Path, bodies: list[dict], levels: list[int]) -> dict[int, d
         while True:
             if server.poll() is not None:
                 raise RuntimeError(server.stderr.read()[-2000:])
-            try:
+            with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=1).status_code == 200:
                     break
-            except httpx.HTTPError:
-                time.sleep(0.3)
+            time.sleep(0.3)
         from openai import OpenAI
 
-        client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-
-        def ask(request: dict) -> tuple[float, int]:
-            start = time.perf_counter()
-            reply = client.chat.completions.create(model=checkpoint.name, **request)
-            return time.perf_counter() - start, reply.usage.completion_tokens
-
-        ask(bodies[0])  # warm-up
-        figures = {}
-        for clients in levels:
-            start = time.perf_counter()
-            with ThreadPoolExecutor(clients) as pool:
-                results = list(pool.map(ask, bodies))
-            wall = time.perf_counter() - start
-            latencies = sorted(r[0] for r in results)
-            figures[clients] = {"requests/s": len(bodies) / wall, "tokens/s": sum(r[1] for r in results) / wall,
-                                "p50 s": statistics.median(latencies), "p95 s": latencies[int(0.95 * (len(latencies) - 1))]}
-        return figures
+        yield OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def measure(client, bodies: list[dict], clients: int) -> dict:
+    """All `bodies` sent by `clients` threads at once: requests/s, tokens/s, latency percentiles."""
+    model = client.models.list().data[0].id
+
+    def ask(request: dict) -> tuple[float, int]:
+        start = time.perf_counter()
+        reply = client.chat.completions.create(model=model, **request)
+        return time.perf_counter() - start, reply.usage.completion_tokens
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(ask, bodies))
+    wall = time.perf_counter() - start
+    latencies = sorted(r[0] for r in results)
+    return {"requests/s": len(bodies) / wall, "tokens/s": sum(r[1] for r in results) / wall,
+            "p50 s": statistics.median(latencies), "p95 s": latencies[int(0.95 * (len(latencies) - 1))]}
+
+
+def median_figures(rounds: list[dict]) -> dict:
+    return {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
 
 
 def sequential_generate(model, processor, made: list[dict], max_tokens: int) -> float:
@@ -135,9 +142,11 @@ def sequential_generate(model, processor, made: list[dict], max_tokens: int) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="8 requests, 8 tokens, 1 and 8 clients")
+    parser.add_argument("--quick", action="store_true", help="8 requests, 8 tokens, 1 and 8 clients, one round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per level and server (the median is reported)")
     args = parser.parse_args()
     count, max_tokens, levels = (8, 8, [1, 8]) if args.quick else (64, 32, [1, 8, 32])
+    args.rounds = 1 if args.quick else args.rounds
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # while a server runs, this process only sends requests and times them
     with tempfile.TemporaryDirectory() as folder:
@@ -145,7 +154,18 @@ def main() -> None:
         made = requests(count)
         with_anchors = [body(r, True, max_tokens) for r in made]
         without = [body(r, False, max_tokens) for r in made]
-        served = {"FUSAR-GPT": load(fusar, with_anchors, levels), "base": load(base, without, levels)}
+        # Both servers up (the idle one waits on its socket); each level measured in alternating rounds, so that
+        # the machine's drift hits both alike; the median round is reported.
+        with running(fusar) as fusar_client, running(base) as base_client:
+            servers = {"FUSAR-GPT": (fusar_client, with_anchors), "base": (base_client, without)}
+            for client, bodies in servers.values():
+                measure(client, bodies[:2], 1)  # warm-up
+            rounds = {(name, clients): [] for name in servers for clients in levels}
+            for clients in levels:
+                for _ in range(args.rounds):
+                    for name, (client, bodies) in servers.items():
+                        rounds[name, clients].append(measure(client, bodies, clients))
+        served = {name: {clients: median_figures(rounds[name, clients]) for clients in levels} for name in servers}
         torch.set_num_threads(threads)  # the loop gets the machine, as the servers did
         loop = sequential_generate(model, processor, made, max_tokens)
     print(f"{count} requests, {max_tokens} tokens each; sequential generate loop: {loop:.2f} requests/s\n")

@@ -84,11 +84,12 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         max_tokens = chat.max_tokens or settings.max_tokens
         if max_tokens > settings.max_tokens:
             raise RequestError(f"max_tokens: at most {settings.max_tokens} on this server", param="max_tokens")
-        inputs, anchors = await prepare(chat)
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
-        job = Job(inputs, chat.sampling, max_tokens, lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
-                  stop=chat.stop)
-        engine.submit(job)
+        with engine.preparation():
+            inputs, anchors = await prepare(chat)
+            job = Job(inputs, chat.sampling, max_tokens,
+                      lambda event: loop.call_soon_threadsafe(events.put_nowait, event), stop=chat.stop)
+            engine.submit(job)
         reports = [a.report(i) for i, a in enumerate(anchors)]
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
         if chat.stream:

@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--anchor-timeout", type=positive_float, default=10.0,
                         help="seconds to wait for an image's anchors before answering without them (default 10)")
     parser.add_argument("--max-batch-size", type=positive_int, default=32, help="requests generated together")
+    parser.add_argument("--batch-wait", type=positive_float, default=0.1,
+                        help="seconds a batch may wait for requests already received (images being read; default 0.1)")
     parser.add_argument("--max-tokens", type=positive_int, default=512,
                         help="tokens a request generates by default, and the most it may ask for")
     parser.add_argument("--kv-cache-entries", type=non_negative_int, default=16,
@@ -76,7 +78,8 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(args.checkpoint) if fusar else load_base_processor(args.checkpoint)
     limits = ImageLimits()
     Image.MAX_IMAGE_PIXELS = limits.pixels  # PIL's own bomb check, at the server's limit
-    engine = Engine(model, processor, max_batch_size=args.max_batch_size, cache_entries=args.kv_cache_entries)
+    engine = Engine(model, processor, max_batch_size=args.max_batch_size, cache_entries=args.kv_cache_entries,
+                    batch_wait=args.batch_wait)
     finder = AnchorFinder(source, timeout=args.anchor_timeout)
     # A local checkpoint is named by its folder: the API shows no server path.
     name = args.served_model_name or (Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint)

@@ -13,10 +13,12 @@ conversation, its images included, continues from it and computes only its new t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import queue
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -58,16 +60,30 @@ class Job:
 class Engine:
     """One worker thread owns the model; `submit` is safe from any thread."""
 
-    def __init__(self, model, processor, max_batch_size: int = 32, cache_entries: int = 16):
+    def __init__(self, model, processor, max_batch_size: int = 32, cache_entries: int = 16, batch_wait: float = 0.1):
         self.model, self.processor = model, processor
         self.tokenizer = processor.tokenizer
-        self.max_batch_size = max_batch_size
+        self.max_batch_size, self.batch_wait = max_batch_size, batch_wait
+        self.preparing = 0  # requests received whose images and anchors are still being read (see `preparation`)
+        self.preparing_lock = threading.Lock()
         self.kv_cache = ConversationCache(cache_entries)
         self.pending: queue.Queue[Job | None] = queue.Queue()
         self.held: list[Job] = []  # taken from the queue but not compatible with the batch being formed
         self.batches = self.rows = 0  # generate calls and the requests they answered (GET /health)
         self.worker = threading.Thread(target=self._run, name="fusar-engine", daemon=True)
         self.worker.start()
+
+    @contextlib.contextmanager
+    def preparation(self):
+        """Around a request's reading: a batch about to start waits (at most `batch_wait` seconds) for the requests
+        already received, never for requests not yet sent, so that one lone request is never held back."""
+        with self.preparing_lock:
+            self.preparing += 1
+        try:
+            yield
+        finally:
+            with self.preparing_lock:
+                self.preparing -= 1
 
     def submit(self, job: Job) -> None:
         self.pending.put(job)
@@ -82,6 +98,10 @@ class Engine:
             return None
         if self._continuation(first):
             return [first]  # a conversation's cache is one row's: it continues alone
+        deadline = time.monotonic() + self.batch_wait
+        while self.preparing and self.pending.qsize() + len(self.held) + 1 < self.max_batch_size \
+                and time.monotonic() < deadline:
+            time.sleep(0.002)
         batch, waiting = [first], []
         while len(batch) < self.max_batch_size:
             try:

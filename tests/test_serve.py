@@ -275,3 +275,26 @@ def test_the_console_script_refuses_a_missing_checkpoint_or_image_root_in_one_li
                                ([str(checkpoint[0]), "--image-root", str(tmp_path / "none")], "--image-root")):
         done = subprocess.run(["fusar-serve", *arguments], capture_output=True, text=True, timeout=120)
         assert done.returncode == 2 and message in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_stop_strings_cut_the_answer_and_a_seed_repeats_a_sampled_one(server):
+    messages = image_message(data_url(png(random_image(9))))
+    whole = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages)
+    text = whole.choices[0].message.content
+    stop = text.strip()[2:4]
+    assert stop and stop in text
+    cut = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages, stop=[stop])
+    assert (cut.choices[0].message.content, cut.choices[0].finish_reason) == (text[: text.find(stop)], "stop")
+    sampled = [server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS, messages=messages,
+                                                     temperature=1.5, seed=7).choices[0].message.content for _ in range(2)]
+    assert sampled[0] == sampled[1]
+
+
+def test_a_client_leaving_mid_stream_does_not_disturb_the_others(server):
+    stream = server.client.chat.completions.create(model="fusar-tiny", max_tokens=64, stream=True,
+                                                   messages=image_message(data_url(png(random_image(11)))))
+    next(iter(stream))
+    stream.close()  # gone after the first chunk
+    reply = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
+                                                  messages=image_message(data_url(png(random_image(12)))))
+    assert reply.usage.completion_tokens == TOKENS and httpx.get(f"{server.url}/health").json()["status"] == "ok"
