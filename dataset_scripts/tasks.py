@@ -64,7 +64,7 @@ def parse_detection_answer(text: str) -> list[dict] | None:
     try:
         items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
         boxes = [{"bbox_2d": [float(v) for v in item["bbox_2d"]], "label": item["label"]} for item in items]
-    except (ValueError, TypeError, KeyError, RecursionError):
+    except (ValueError, TypeError, KeyError, RecursionError, OverflowError):  # 400-digit numbers too
         return None
     if not all(isinstance(b["label"], str) and len(b["bbox_2d"]) == 4 and all(map(math.isfinite, b["bbox_2d"]))
                for b in boxes):

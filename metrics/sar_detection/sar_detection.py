@@ -24,7 +24,7 @@ def boxes(text: str):
     try:
         items, _ = json.JSONDecoder().raw_decode(text[text.index("["):])
         parsed = [(str(i["label"]).strip().lower(), tuple(float(v) for v in i["bbox_2d"])) for i in items]
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError):
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError):  # 400-digit numbers too
         return None
     if not all(len(box) == 4 and all(math.isfinite(v) for v in box) for _, box in parsed):
         return None
