@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from command_line import command, local_or_hub_id, positive_int
 from dataset_scripts.schema import row_anchors
+from evaluation.benchmarks import METRICS, ColumnMapping, benchmark_info, benchmark_rows
 from processing.anchors import collate_anchor_sets
 
 METRICS_DIR = Path(str(resources.files("fusar_metrics")))  # metrics/ in a checkout, installed with the package
@@ -213,7 +214,9 @@ def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int 
 def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, output="outputs/eval", base=None,
                         stage1=None, batch_size: int = 8, max_new_tokens: int = 128, limit=None,
                         variants=("anchors", "no anchors", "shuffled anchors"), update_card: bool = False,
-                        seed: int = 0) -> dict:
+                        seed: int = 0, benchmark: str | None = None, mapping=None, revision: str | None = None) -> dict:
+    """`benchmark` (a Hub dataset id, read through `mapping`, an `evaluation.benchmarks.ColumnMapping`) replaces
+    `dataset` / `manifest`: its images have no anchors, so the checkpoint is scored without them."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import modeling_fusar  # noqa: F401
@@ -225,7 +228,13 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
             raise ValueError(f"{flag} {folder}: no such checkpoint folder")
     if base:
         local_or_hub_id(base, "--base")
-    rows = load_rows(dataset, split, manifest, limit, seed)
+    info = None
+    if benchmark:
+        info = benchmark_info(benchmark, revision)
+        rows, split, variants = benchmark_rows(info, mapping, limit, seed), mapping.split, ("no anchors",)
+        dataset = f"{benchmark}@{info.revision}"
+    else:
+        rows = load_rows(dataset, split, manifest, limit, seed)
     if not rows:
         raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
     processor = loaded(AutoProcessor.from_pretrained, checkpoint)
@@ -245,7 +254,8 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     for variant, model_name, use_anchors in plan:
         anchors = variant_anchors(rows, variant) if use_anchors else None
         setting = {"model": str(sources[model_name]), "weights": weights_identity(sources[model_name], models[model_name]),
-                   "data": str(manifest or dataset), "split": split, "rows": len(rows), "max_new_tokens": max_new_tokens}
+                   "data": str(manifest or dataset), "split": split, "rows": len(rows), "max_new_tokens": max_new_tokens,
+                   **({"sample": [limit, seed]} if info else {})}  # a benchmark's row ids are positions in its sample
         predictions[variant] = cached_answers(output / "predictions" / f"{variant.replace(' ', '_')}.jsonl",
                                               models[model_name], processor, rows, anchors, use_anchors, batch_size,
                                               max_new_tokens, setting)
@@ -255,7 +265,9 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     (output / "results.md").write_text(table + "\n")
     report = {"config": {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "manifest": manifest,
                          "base": base, "stage1": stage1, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
-                         "examples": len(rows)},
+                         "examples": len(rows), "limit": limit, "seed": seed,
+                         **({"benchmark": {"repo": info.repo, "revision": info.revision, "license": info.license,
+                                           "columns": vars(mapping)}} if info else {})},
               "metrics": results,
               "predictions": [{"id": row["id"], "task": row["task"], "reference": row["messages"][-1]["content"],
                                **{variant: predictions[variant][i] for variant in predictions}}
@@ -276,7 +288,18 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="triplet dataset folder or Hub id")
     source.add_argument("--manifest", help="the authors' manifest (JSONL or a JSON list) with .npz / .npy anchors")
+    source.add_argument("--benchmark", help="a public benchmark on the Hub (dataset id), streamed, read through the "
+                                            "columns below; scored without anchors")
     parser.add_argument("--split", default="test")
+    columns = parser.add_argument_group("--benchmark columns")
+    columns.add_argument("--image-column", default="image")
+    columns.add_argument("--question-column", help="the question (default: every row asks --prompt)")
+    columns.add_argument("--answer-column", default="answer", help="the reference answer or caption")
+    columns.add_argument("--prompt", default="Describe this image.", help="the question when there is no column")
+    columns.add_argument("--metric", default="exact_match", choices=sorted(METRICS), help="how answers are scored")
+    columns.add_argument("--config", help="the dataset's configuration (subset), if it has several")
+    columns.add_argument("--revision", help="the benchmark's revision (default: its main branch; the commit read is "
+                                            "recorded)")
     parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
     parser.add_argument("--base", help="also evaluate this base model without the anchor module")
     parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
@@ -287,9 +310,11 @@ def main(argv=None):
     parser.add_argument("--card", action="store_true", help="write the results into the checkpoint's model card "
                                                             "(model-index); evaluate the whole held-out split for that")
     args = parser.parse_args(argv)
+    mapping = ColumnMapping(args.image_column, args.answer_column, args.question_column, args.prompt, args.metric,
+                            args.split, args.config)
     evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
                         args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=args.card,
-                        seed=args.seed)
+                        seed=args.seed, benchmark=args.benchmark, mapping=mapping, revision=args.revision)
 
 
 if __name__ == "__main__":

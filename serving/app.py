@@ -84,6 +84,8 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         max_tokens = chat.max_tokens or settings.max_tokens
         if max_tokens > settings.max_tokens:
             raise RequestError(f"max_tokens: at most {settings.max_tokens} on this server", param="max_tokens")
+        if not engine.worker.is_alive():  # never queue a request nobody will answer
+            raise RequestError("the model's worker has stopped; restart the server", status=503, code="engine_stopped")
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         with engine.preparation():
             inputs, anchors = await prepare(chat)

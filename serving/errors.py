@@ -12,5 +12,6 @@ class RequestError(Exception):
         self.status, self.param, self.code = status, param, code
 
     def body(self) -> dict:
-        kind = {404: "not_found_error", 413: "request_too_large"}.get(self.status, "invalid_request_error")
+        kind = {404: "not_found_error", 413: "request_too_large", 503: "server_error"}.get(self.status,
+                                                                                         "invalid_request_error")
         return {"error": {"message": str(self), "type": kind, "param": self.param, "code": self.code}}

@@ -298,3 +298,19 @@ def test_a_client_leaving_mid_stream_does_not_disturb_the_others(server):
     reply = server.client.chat.completions.create(model="fusar-tiny", max_tokens=TOKENS,
                                                   messages=image_message(data_url(png(random_image(12)))))
     assert reply.usage.completion_tokens == TOKENS and httpx.get(f"{server.url}/health").json()["status"] == "ok"
+
+
+def test_a_stopped_worker_is_a_503_and_an_unhealthy_server_not_a_hung_request(checkpoint):
+    from fastapi.testclient import TestClient
+
+    from serving.anchors import AnchorFinder
+    from serving.app import ServerSettings, build_app
+    from serving.engine import Engine
+
+    _, model, processor = checkpoint
+    engine = Engine(model, processor)
+    engine.close()  # the worker thread ends, as it would on a crash
+    client = TestClient(build_app(engine, AnchorFinder(), ServerSettings("fusar-tiny")))
+    reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_stopped"
+    assert client.get("/health").status_code == 503

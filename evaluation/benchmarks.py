@@ -1,0 +1,127 @@
+"""A public benchmark on the Hub as rows for `fusar-eval`: any image-question-answer or image-caption dataset,
+through a column mapping, streamed (a `--limit` sample reads a bounded part of it, never the whole dataset).
+
+Its images carry no georeference and no anchors, so FUSAR-GPT answers them without anchors (exactly its base model
+until trained): the comparison with `--base` shows what training changed.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+
+from PIL import Image
+
+# --metric -> (the task name the table shows, the metric module in metrics/)
+METRICS = {"exact_match": ("vqa", "sar_exact_match"), "caption": ("caption", "sar_caption"),
+           "classification": ("classification", "sar_classification"), "counting": ("counting", "sar_counting"),
+           "detection": ("detection", "sar_detection"), "grid": ("localization", "sar_grid")}
+SAMPLE_POOL = 8  # examples read per example drawn by a --limit sample
+
+
+@dataclass(frozen=True)
+class ColumnMapping:
+    """Where a benchmark keeps each part of an example. Without a question column every row asks `prompt`."""
+
+    image: str
+    answer: str
+    question: str | None = None
+    prompt: str = "Describe this image."
+    metric: str = "exact_match"
+    split: str = "test"
+    config: str | None = None
+
+
+@dataclass(frozen=True)
+class BenchmarkInfo:
+    repo: str
+    revision: str  # the commit read: what the prediction cache and the report record
+    license: str | None
+
+
+def benchmark_info(repo: str, revision: str | None = None) -> BenchmarkInfo:
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        info = HfApi().dataset_info(repo, revision=revision)
+    except RevisionNotFoundError:
+        raise ValueError(f"--revision {revision}: {repo} has no such revision") from None
+    except RepositoryNotFoundError:
+        raise ValueError(f"--benchmark {repo}: no such dataset on {constants.ENDPOINT} (or it is private: log in with "
+                         "`hf auth login`)") from None
+    return BenchmarkInfo(repo, info.sha, _license(repo, info))
+
+
+def _license(repo: str, info) -> str | None:
+    """The licence in the dataset card's metadata (the Hub's summary of it, else the card itself), if any."""
+    from huggingface_hub import DatasetCard, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    if info.card_data is not None and info.card_data.get("license"):
+        return info.card_data.get("license")
+    try:
+        card = hf_hub_download(repo, "README.md", repo_type="dataset", revision=info.sha)
+    except EntryNotFoundError:  # no card
+        return None
+    return DatasetCard.load(card).data.get("license")
+
+
+def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | None = None, seed: int = 0) -> list[dict]:
+    """The rows `fusar-eval` scores: all of the split, or `limit` of them drawn with `seed` (see `sampled`)."""
+    from datasets import load_dataset
+
+    if mapping.metric not in METRICS:
+        raise ValueError(f"--metric {mapping.metric}: no such metric; expected one of {sorted(METRICS)}")
+    stream = load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True, revision=info.revision)
+    columns = list(stream.features) if stream.features else list(next(iter(stream)))
+    wanted = {"--image-column": mapping.image, "--answer-column": mapping.answer, "--question-column": mapping.question}
+    for flag, column in wanted.items():
+        if column is not None and column not in columns:
+            raise ValueError(f"{info.repo} ({mapping.split} split): no column {column!r} ({flag}); it has {columns}")
+    examples = sampled(stream, limit, seed) if limit else stream
+    task = METRICS[mapping.metric][0]
+    return [benchmark_row(info, mapping, task, position, example) for position, example in enumerate(examples)]
+
+
+def sampled(stream, limit: int, seed: int) -> list[dict]:
+    """`limit` examples drawn with `seed` from the first `SAMPLE_POOL` x `limit` examples of the stream's shards
+    (files) taken in a seeded random order: the shards past those are never opened. (datasets' own
+    `shuffle(buffer_size=...)` opens every shard of the split.)"""
+    generator = random.Random(seed)
+    pool = []
+    for shard in generator.sample(range(stream.num_shards), stream.num_shards):
+        for example in stream.shard(num_shards=stream.num_shards, index=shard):
+            pool.append(example)
+            if len(pool) == SAMPLE_POOL * limit:
+                return generator.sample(pool, limit)
+    return generator.sample(pool, min(limit, len(pool)))
+
+
+def benchmark_row(info: BenchmarkInfo, mapping: ColumnMapping, task: str, position: int, example: dict) -> dict:
+    where = f"{info.repo} ({mapping.split} split), row {position}"
+    question = mapping.prompt if mapping.question is None else example[mapping.question]
+    answer = example[mapping.answer]
+    if isinstance(answer, list) and answer and all(isinstance(a, str) for a in answer):
+        answer = answer[0]  # several reference captions: the first (our caption metric takes one per example)
+    if not isinstance(question, str) or not isinstance(answer, (str, int, float)):
+        raise ValueError(f"{where}: the question and answer columns must hold text, got {type(question).__name__} "
+                         f"and {type(answer).__name__}")
+    return {"id": f"{mapping.split}/{position}", "task": task, "image": _image(example[mapping.image], info, where),
+            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": str(answer)}],
+            "year": None}
+
+
+def _image(value, info: BenchmarkInfo, where: str) -> Image.Image:
+    """An image column's value: a decoded image, `{"bytes", "path"}`, or the path of a file in the repository."""
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes"):
+        return Image.open(io.BytesIO(value["bytes"]))
+    path = value.get("path") if isinstance(value, dict) else value
+    if isinstance(path, str) and path:
+        from huggingface_hub import hf_hub_download
+
+        return Image.open(hf_hub_download(info.repo, path, repo_type="dataset", revision=info.revision))
+    raise ValueError(f"{where}: the image column holds {type(value).__name__}, not an image, image bytes or a path")

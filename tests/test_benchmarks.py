@@ -1,0 +1,115 @@
+"""fusar-eval --benchmark: a public image-question-answer dataset on the (local) Hub, read through a column mapping,
+streamed, scored without anchors beside the base model; the console script driven as a user's shell does."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import datasets
+import pytest
+from huggingface_hub import HfApi
+
+from conftest import build, random_image
+
+REPO = "sar-lab/sar-vqa-mini"
+SHARDS, ROWS_PER_SHARD = 4, 32
+CARD = "---\nlicense: cc-by-4.0\n---\n# A small SAR VQA benchmark (test replica)\n"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tokenizers, tmp_path_factory):
+    model, processor = build(tokenizers, "qwen2_5_vl")
+    folder = tmp_path_factory.mktemp("bench")
+    model.save_pretrained(folder / "fusar")
+    processor.save_pretrained(folder / "fusar")
+    model.vlm.save_pretrained(folder / "base")
+    return folder / "fusar", folder / "base"
+
+
+@pytest.fixture
+def hub_benchmark(local_hub, tmp_path):
+    """The repo (README with a licence, the test split as parquet shards of images, questions and answers): its
+    commit and the bytes of its shards."""
+    folder = tmp_path / "repo"
+    (folder / "data").mkdir(parents=True)
+    (folder / "README.md").write_text(CARD)
+    for shard in range(SHARDS):
+        numbers = range(shard * ROWS_PER_SHARD, (shard + 1) * ROWS_PER_SHARD)
+        part = datasets.Dataset.from_dict({
+            "picture": [random_image(n, 56, 56) for n in numbers],
+            "query": [f"How many ships are in image {n}?" for n in numbers],
+            "reference": [str(n % 4) for n in numbers],
+        }).cast_column("picture", datasets.Image())
+        part.to_parquet(folder / "data" / f"test-{shard:05d}-of-{SHARDS:05d}.parquet")
+    api = HfApi()
+    api.create_repo(REPO, repo_type="dataset")
+    api.upload_folder(folder_path=str(folder), repo_id=REPO, repo_type="dataset")
+    return api.dataset_info(REPO).sha, sum(p.stat().st_size for p in (folder / "data").iterdir())
+
+
+def fusar_eval(*args):
+    return subprocess.run([shutil.which("fusar-eval"), *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+MAPPING = ("--image-column", "picture", "--question-column", "query", "--answer-column", "reference")
+
+
+def test_a_streamed_sample_is_scored_for_the_checkpoint_and_its_base_with_the_revision_and_licence(
+        hub_benchmark, checkpoints, local_hub, tmp_path):
+    fusar, base = checkpoints
+    sent = local_hub.sent
+    done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--limit", 3, "--base", base, "--max-new-tokens", 4,
+                      "--output", tmp_path / "out")
+    fetched = local_hub.sent - sent
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert report["config"]["benchmark"] | {"columns": None} == {"repo": REPO, "revision": hub_benchmark[0],
+                                                                "license": "cc-by-4.0", "columns": None}
+    assert len(report["predictions"]) == 3 and {p["task"] for p in report["predictions"]} == {"vqa"}
+    references = {p["reference"] for p in report["predictions"]}
+    assert references <= {"0", "1", "2", "3"}
+    assert set(report["metrics"]) == {"no anchors", "base model"}
+    # An untrained FUSAR-GPT is its base model: the same answers, whatever they are.
+    assert all(p["no anchors"] == p["base model"] for p in report["predictions"])
+    assert "| vqa (accuracy" in (tmp_path / "out" / "results.md").read_text()
+    # A sample reads a bounded part of the split (the shuffle buffer's rows, and each shard's footer), not all of it.
+    assert 0 < fetched < hub_benchmark[1] / 2, (fetched, hub_benchmark[1])
+
+
+def test_a_rerun_reuses_the_predictions_and_another_seed_draws_other_rows(hub_benchmark, checkpoints, tmp_path):
+    fusar, _ = checkpoints
+    run = lambda seed: fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--limit", 3, "--seed", seed,  # noqa: E731
+                                  "--max-new-tokens", 4, "--output", tmp_path / "out")
+    assert run(0).returncode == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["predictions"]
+    assert run(0).returncode == 0
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["predictions"] == first
+    assert run(1).returncode == 0
+    other = json.loads((tmp_path / "out" / "results.json").read_text())["predictions"]
+    assert [p["reference"] for p in other] != [p["reference"] for p in first] or \
+        [p["id"] for p in other] != [p["id"] for p in first]
+
+
+def test_a_layout_that_does_not_match_names_the_missing_column_in_one_line(hub_benchmark, checkpoints, tmp_path):
+    fusar, _ = checkpoints
+    done = fusar_eval(fusar, "--benchmark", REPO, "--image-column", "picture", "--question-column", "question",
+                      "--answer-column", "reference", "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "no column 'question' (--question-column); it has ['picture', 'query', 'reference']" in done.stderr
+    assert not (tmp_path / "out" / "results.json").exists()
+    done = fusar_eval(fusar, "--benchmark", "sar-lab/no-such-benchmark", *MAPPING, "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "--benchmark sar-lab/no-such-benchmark: no such dataset on http://127.0.0.1:" in done.stderr
+
+
+def test_an_unreachable_hub_or_an_unknown_metric_is_one_line(checkpoints, tmp_path, monkeypatch):
+    fusar, _ = checkpoints
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "cannot reach the Hub" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--metric", "bleu")
+    assert done.returncode == 2 and "invalid choice: 'bleu'" in done.stderr
