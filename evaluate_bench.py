@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from command_line import command, local_or_hub_id, positive_int
 from dataset_scripts.schema import row_anchors
 from evaluation.benchmarks import METRICS, ColumnMapping, benchmark_info, benchmark_rows
+from evaluation.presets import preset_rows, preset_tasks
 from processing.anchors import collate_anchor_sets
 
 METRICS_DIR = Path(str(resources.files("fusar_metrics")))  # metrics/ in a checkout, installed with the package
@@ -104,13 +105,15 @@ def score(rows, answers) -> dict[str, dict]:
 
 
 def task_metrics(rows, answers) -> dict[str, dict]:
-    """Each task's metric module over its rows."""
+    """Each task's metric module over its rows (a benchmark preset's row names its own, `module[:configuration]`)."""
     import evaluate
 
     results = {}
     for task in sorted({row["task"] for row in rows}):
         pairs = [(a, r["messages"][-1]["content"]) for r, a in zip(rows, answers) if r["task"] == task]
-        metric = evaluate.load(str(METRICS_DIR / TASK_METRICS.get(task, "sar_exact_match")))
+        chosen = next(r for r in rows if r["task"] == task).get("metric") or TASK_METRICS.get(task, "sar_exact_match")
+        module, _, configuration = chosen.partition(":")
+        metric = evaluate.load(str(METRICS_DIR / module), configuration or None)
         results[task] = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
     return results
 
@@ -214,9 +217,11 @@ def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int 
 def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, output="outputs/eval", base=None,
                         stage1=None, batch_size: int = 8, max_new_tokens: int = 128, limit=None,
                         variants=("anchors", "no anchors", "shuffled anchors"), update_card: bool = False,
-                        seed: int = 0, benchmark: str | None = None, mapping=None, revision: str | None = None) -> dict:
-    """`benchmark` (a Hub dataset id, read through `mapping`, an `evaluation.benchmarks.ColumnMapping`) replaces
-    `dataset` / `manifest`: its images have no anchors, so the checkpoint is scored without them."""
+                        seed: int = 0, benchmark: str | None = None, mapping=None, revision: str | None = None,
+                        images: str | None = None) -> dict:
+    """`benchmark` (a preset of `evaluation.presets`, or a Hub dataset id read through `mapping`, an
+    `evaluation.benchmarks.ColumnMapping`) replaces `dataset` / `manifest`: its images have no anchors, so the
+    checkpoint is scored without them. `images`: a local folder of a preset's images, where the Hub has none."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import modeling_fusar  # noqa: F401
@@ -229,7 +234,11 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     if base:
         local_or_hub_id(base, "--base")
     info = None
-    if benchmark:
+    if benchmark and preset_tasks(benchmark):
+        info = benchmark_info(preset_tasks(benchmark)[0].repo, revision)  # a preset's tasks share one repo
+        rows = [row for task in preset_tasks(benchmark) for row in preset_rows(task, info, limit, seed, images)]
+        split, variants, dataset = "test", ("no anchors",), f"{benchmark}@{info.revision}"
+    elif benchmark:
         info = benchmark_info(benchmark, revision)
         rows, split, variants = benchmark_rows(info, mapping, limit, seed), mapping.split, ("no anchors",)
         dataset = f"{benchmark}@{info.revision}"
@@ -266,8 +275,10 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     report = {"config": {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "manifest": manifest,
                          "base": base, "stage1": stage1, "batch_size": batch_size, "max_new_tokens": max_new_tokens,
                          "examples": len(rows), "limit": limit, "seed": seed,
-                         **({"benchmark": {"repo": info.repo, "revision": info.revision, "license": info.license,
-                                           "columns": vars(mapping)}} if info else {})},
+                         **({"benchmark": {"name": benchmark, "repo": info.repo, "revision": info.revision,
+                                           "license": info.license, "images": images,
+                                           "columns": None if preset_tasks(benchmark) else vars(mapping)}}
+                            if info else {})},
               "metrics": results,
               "predictions": [{"id": row["id"], "task": row["task"], "reference": row["messages"][-1]["content"],
                                **{variant: predictions[variant][i] for variant in predictions}}
@@ -288,8 +299,9 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--dataset", help="triplet dataset folder or Hub id")
     source.add_argument("--manifest", help="the authors' manifest (JSONL or a JSON list) with .npz / .npy anchors")
-    source.add_argument("--benchmark", help="a public benchmark on the Hub (dataset id), streamed, read through the "
-                                            "columns below; scored without anchors")
+    source.add_argument("--benchmark", help="a public benchmark, scored without anchors: a preset (sarlang-1m, "
+                                            "geochat-bench, earthdial, or one task of one: sarlang-1m/vqa) or any Hub "
+                                            "dataset id, read through the columns below")
     parser.add_argument("--split", default="test")
     columns = parser.add_argument_group("--benchmark columns")
     columns.add_argument("--image-column", default="image")
@@ -298,6 +310,8 @@ def main(argv=None):
     columns.add_argument("--prompt", default="Describe this image.", help="the question when there is no column")
     columns.add_argument("--metric", default="exact_match", choices=sorted(METRICS), help="how answers are scored")
     columns.add_argument("--config", help="the dataset's configuration (subset), if it has several")
+    columns.add_argument("--images", help="a local folder of a preset's images where the Hub has none "
+                                          "(GeoChat-Bench)")
     columns.add_argument("--revision", help="the benchmark's revision (default: its main branch; the commit read is "
                                             "recorded)")
     parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
@@ -314,7 +328,8 @@ def main(argv=None):
                             args.split, args.config)
     evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
                         args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=args.card,
-                        seed=args.seed, benchmark=args.benchmark, mapping=mapping, revision=args.revision)
+                        seed=args.seed, benchmark=args.benchmark, mapping=mapping, revision=args.revision,
+                        images=args.images)
 
 
 if __name__ == "__main__":

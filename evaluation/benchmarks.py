@@ -56,7 +56,7 @@ def benchmark_info(repo: str, revision: str | None = None) -> BenchmarkInfo:
 
 def _license(repo: str, info) -> str | None:
     """The licence in the dataset card's metadata (the Hub's summary of it, else the card itself), if any."""
-    from huggingface_hub import DatasetCard, hf_hub_download
+    from huggingface_hub import hf_hub_download, metadata_load
     from huggingface_hub.errors import EntryNotFoundError
 
     if info.card_data is not None and info.card_data.get("license"):
@@ -65,7 +65,7 @@ def _license(repo: str, info) -> str | None:
         card = hf_hub_download(repo, "README.md", repo_type="dataset", revision=info.sha)
     except EntryNotFoundError:  # no card
         return None
-    return DatasetCard.load(card).data.get("license")
+    return (metadata_load(card) or {}).get("license")  # (DatasetCard.load warns about a card without metadata)
 
 
 def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | None = None, seed: int = 0) -> list[dict]:

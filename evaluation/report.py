@@ -9,10 +9,11 @@ from dataset_scripts.tasks import parse_detection_answer
 
 HEADLINE = {"counting": "accuracy", "localization": "acc@100", "classification": "accuracy", "detection": "f1@0.5",
             "caption": "cider", "vqa": "accuracy", "landcover": "accuracy"}
+BENCHMARK_HEADLINES = ("accuracy", "cider", "precision@0.5", "rouge_l")  # a public benchmark's task: its figure
 
 
 def headline(task: str, metrics: dict) -> tuple[str, float]:
-    name = HEADLINE.get(task, "accuracy")
+    name = HEADLINE.get(task) or next((name for name in BENCHMARK_HEADLINES if name in metrics), "accuracy")
     return name, float(metrics.get(name, float("nan")))
 
 
@@ -43,7 +44,8 @@ def bar_plot(results: dict, path: Path) -> None:
     import numpy as np
 
     variants, tasks = list(results), sorted({t for v in results.values() for t in v})
-    groups = [[t for t in tasks if HEADLINE.get(t) != "cider"], [t for t in tasks if HEADLINE.get(t) == "cider"]]
+    names = {t: headline(t, results[variants[0]].get(t, {}))[0] for t in tasks}
+    groups = [[t for t in tasks if names[t] != "cider"], [t for t in tasks if names[t] == "cider"]]
     groups = [group for group in groups if group]
     figure, axes_row = plt.subplots(1, len(groups), figsize=(max(6, 1.3 * len(tasks) + 1), 3.5), squeeze=False,
                                     gridspec_kw={"width_ratios": [len(group) for group in groups]})
@@ -52,8 +54,8 @@ def bar_plot(results: dict, path: Path) -> None:
         for number, variant in enumerate(variants):
             values = [headline(task, results[variant].get(task, {}))[1] for task in group]
             axes.bar(np.arange(len(group)) + number * width, values, width, label=variant)
-        axes.set_xticks(np.arange(len(group)) + 0.4 - width / 2, [f"{t}\n({HEADLINE.get(t, 'accuracy')})" for t in group])
-        unbounded = HEADLINE.get(group[0]) == "cider"
+        axes.set_xticks(np.arange(len(group)) + 0.4 - width / 2, [f"{t}\n({names[t]})" for t in group])
+        unbounded = names[group[0]] == "cider"
         axes.set_ylabel("CIDEr" if unbounded else "score (0-1)")
         if not unbounded:
             axes.set_ylim(0, 1)

@@ -65,8 +65,11 @@ def test_a_streamed_sample_is_scored_for_the_checkpoint_and_its_base_with_the_re
     fetched = local_hub.sent - sent
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert report["config"]["benchmark"] | {"columns": None} == {"repo": REPO, "revision": hub_benchmark[0],
-                                                                "license": "cc-by-4.0", "columns": None}
+    assert report["config"]["benchmark"] == {"name": REPO, "repo": REPO, "revision": hub_benchmark[0],
+                                             "license": "cc-by-4.0", "images": None, "columns": {
+                                                 "image": "picture", "answer": "reference", "question": "query",
+                                                 "prompt": "Describe this image.", "metric": "exact_match",
+                                                 "split": "test", "config": None}}
     assert len(report["predictions"]) == 3 and {p["task"] for p in report["predictions"]} == {"vqa"}
     references = {p["reference"] for p in report["predictions"]}
     assert references <= {"0", "1", "2", "3"}

@@ -1,0 +1,240 @@
+"""The field's public benchmarks as `fusar-eval --benchmark` presets: where each task keeps its questions, answers
+and images on the Hub, its prompt, and its authors' scoring.
+
+    sarlang-1m              YiminJimmy/SARLANG-1M: SAR captions and VQA (CSV files inside Text.zip)
+    geochat-bench           MBZUAI/GeoChat-Bench: optical scene classification, VQA, region captions (JSONL per
+                            task; the images are not on the Hub: --images DIR)
+    earthdial               akshaydudhane/EarthDial-Dataset: its SAR subsets (datasets `save_to_disk` folders)
+
+`--benchmark sarlang-1m` runs every task of a preset, `--benchmark sarlang-1m/vqa` one. Only the annotation file
+and the sampled examples' images are read: a zip on the Hub is read in ranges (its directory and the members
+needed), never downloaded whole.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import random
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from evaluation.benchmarks import BenchmarkInfo, sampled
+
+ZIP_BLOCK = 256 * 1024  # bytes read per request from a file on the Hub
+
+
+@dataclass(frozen=True)
+class PresetTask:
+    name: str  # the table's row
+    repo: str
+    annotations: str  # a CSV or JSONL file in the repo (`archive.zip/member` inside a zip), or an arrow folder
+    image: str  # the field naming (or, in arrow, holding) the image
+    answer: str | Callable[[dict], str]  # a field, or how the authors derive the reference from a record
+    metric: str  # a module in metrics/, `module:configuration` for a configuration of one
+    question: str | None = None
+    prompt: str = "{question}"
+    images: str | None = None  # the repo folder of the images, loose or inside a zip in the repo; None: --images
+    images_from: str = ""  # where a user gets the images when they are not on the Hub
+    answers_file: str | None = None  # RSVQA: the answers are in a file beside the images
+
+
+def _rsvqa_question(name: str, answers_file: str) -> PresetTask:
+    return PresetTask(f"geochat-bench/{name}", "MBZUAI/GeoChat-Bench", f"{name}.jsonl", "image", "answer",
+                      "compact_match", question="text", answers_file=answers_file,
+                      images_from=f"the RSVQA {name[:2].upper()} test set on Zenodo (records 6344334 / 6344367): "
+                                  f"its images and {answers_file}")
+
+
+def _scene(name: str, images_from: str) -> PresetTask:
+    # GeoChat's scoring takes the class from the question id's folder (`DenseResidential/..`), not `ground_truth`.
+    return PresetTask(f"geochat-bench/{name.lower()}", "MBZUAI/GeoChat-Bench", f"{name}.jsonl", "image",
+                      lambda record: record["question_id"].split("/")[0].lower(), "compact_match", question="text",
+                      prompt="{question}\nClassify the image from the following classes. Answer in one word or a "
+                             "short phrase.", images_from=images_from)
+
+
+PRESETS: dict[str, list[PresetTask]] = {
+    "sarlang-1m": [
+        PresetTask("sarlang-1m/caption", "YiminJimmy/SARLANG-1M", "Text.zip/Text/Caption/test/Caption_test.csv",
+                   "Image Name", "Caption", "sar_caption:raw", prompt="Describe this SAR image in detail.",
+                   images="SARimages_preprocessed/SARimages"),
+        PresetTask("sarlang-1m/vqa", "YiminJimmy/SARLANG-1M", "Text.zip/Text/VQA/test/SARVQA2_test.csv",
+                   "Image Name", "Answer", "answer_contained", question="Question",
+                   images="SARimages_preprocessed/SARimages"),
+    ],
+    "geochat-bench": [
+        _scene("aid", "AID (captain-whu.github.io/AID)"),
+        _scene("UCmerced", "UC Merced Land Use (weegee.vision.ucmerced.edu/datasets/landuse.html)"),
+        _rsvqa_question("lrben", "LR_split_test_answers.json"),
+        _rsvqa_question("hrben", "USGS_split_test_phili_answers.json"),
+        PresetTask("geochat-bench/region_captioning", "MBZUAI/GeoChat-Bench", "region_captioning.jsonl",
+                   "image_id", "ground_truth", "region_caption", question="question",
+                   prompt="[identify] What is the object present at {question}",
+                   images_from="GeoChat_Instruct's images (MBZUAI/GeoChat_Instruct)"),
+    ],
+    "earthdial": [
+        PresetTask("earthdial/ship_dataset_v0", "akshaydudhane/EarthDial-Dataset",
+                   "Eardial_downstream_task_datasets/Detection/ship_dataset_v0_test", "jpg", "groundtruth",
+                   "rotated_boxes", question="question"),
+        PresetTask("earthdial/srsdd", "akshaydudhane/EarthDial-Dataset",
+                   "Eardial_downstream_task_datasets/Region_captioning/SRSDD_V1_0_test", "jpg", "groundtruth",
+                   "region_caption", question="question"),
+    ],
+}
+
+
+def preset_tasks(name: str) -> list[PresetTask] | None:
+    """The tasks `--benchmark name` names (`preset` or `preset/task`), or None when it is no preset."""
+    preset, _, task = name.lower().partition("/")
+    if preset not in PRESETS:
+        return None
+    tasks = [t for t in PRESETS[preset] if not task or t.name == f"{preset}/{task}"]
+    if not tasks:
+        raise ValueError(f"--benchmark {name}: {preset} has no task {task!r}; it has "
+                         f"{', '.join(t.name for t in PRESETS[preset])}")
+    return tasks
+
+
+def preset_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None = None, seed: int = 0,
+                images: str | None = None) -> list[dict]:
+    """`fusar-eval` rows of one task: all of them, or `limit` drawn with `seed`; only their images are read."""
+    if not task.annotations.endswith((".csv", ".jsonl")):  # an arrow folder: streamed, images inside
+        return _arrow_rows(task, info, limit, seed)
+    if task.images is None and images is None:
+        raise ValueError(f"--benchmark {task.name}: its images are not on the Hub; get {task.images_from} and give "
+                         "their folder with --images DIR")
+    records = _records(info, task)
+    if task.answers_file:
+        records = _with_rsvqa_answers(records, Path(images) / task.answers_file if images else None, task)
+    picked = sorted(random.Random(seed).sample(range(len(records)), limit)) if limit and limit < len(records) \
+        else range(len(records))
+    find = _local_images(images) if images else functools.partial(_repo_image, info, task.images)
+    return [_row(task, records[i], i, find) for i in picked]
+
+
+def _row(task: PresetTask, record: dict, position: int, find_image) -> dict:
+    where = f"{task.repo} {task.annotations}, record {position}"
+    missing = [f for f in (task.image, task.question, task.answer) if isinstance(f, str) and f not in record]
+    if missing:
+        raise ValueError(f"{where}: no field {missing[0]!r} (the {task.name} preset's layout); it has {sorted(record)}")
+    answer = task.answer(record) if callable(task.answer) else record[task.answer]
+    question = task.prompt.format(question=record[task.question] if task.question else "")
+    image = record[task.image]
+    if not isinstance(image, Image.Image):
+        image = _loaded(image["bytes"], where) if isinstance(image, dict) else find_image(str(image))
+    return {"id": f"{task.name}/{position}", "task": task.name, "metric": task.metric, "image": image,
+            "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": str(answer)}],
+            "year": None}
+
+
+def _open(info: BenchmarkInfo, path: str):
+    """A file of the repo, read lazily in ranges (HfFileSystem); `archive.zip/member` opens a member of a zip."""
+    from huggingface_hub import HfFileSystem
+
+    archive, dot_zip, member = path.partition(".zip/")
+    if not dot_zip:  # blocks of 256 KiB, not fsspec's 5 MiB: one image is tens of KiB
+        return HfFileSystem().open(f"datasets/{info.repo}@{info.revision}/{path}", "rb", block_size=ZIP_BLOCK)
+    return _zip(info, archive + ".zip").open(member)
+
+
+@functools.lru_cache(maxsize=16)
+def _zip(info: BenchmarkInfo, path: str) -> zipfile.ZipFile:
+    return zipfile.ZipFile(_open(info, path))  # reads the central directory only
+
+
+def _records(info: BenchmarkInfo, task: PresetTask) -> list[dict]:
+    from huggingface_hub.errors import EntryNotFoundError
+
+    try:
+        with _open(info, task.annotations) as file:
+            text = io.TextIOWrapper(file, encoding="utf-8-sig")
+            if task.annotations.endswith(".csv"):  # SARLANG's headers carry stray spaces (" Caption")
+                return [{key.strip(): value for key, value in record.items()} for record in csv.DictReader(text)]
+            return [json.loads(line) for line in text if line.strip()]
+    except (FileNotFoundError, KeyError, EntryNotFoundError):
+        raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} has no {task.annotations} (the "
+                         "preset's layout); read it with --image-column / --question-column / --answer-column "
+                         "instead") from None
+
+
+def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: PresetTask) -> list[dict]:
+    """GeoChat's RSVQA questions joined with RSVQA's answers by question id (only active questions are scored)."""
+    if answers_file is None or not answers_file.is_file():
+        raise ValueError(f"--benchmark {task.name}: no {task.answers_file} in --images; get {task.images_from}")
+    answers = {a["question_id"]: a for a in json.loads(answers_file.read_text())["answers"] if a.get("active", True)}
+    return [{**record, "answer": answers[record["question_id"]]["answer"]} for record in records
+            if record.get("question_id") in answers]
+
+
+def _repo_image(info: BenchmarkInfo, folder: str, name: str) -> Image.Image:
+    """`folder/name` in the repo: a loose file, or a member of one of the repo's zips (read in ranges)."""
+    path = f"{folder}/{name}"
+    files = _repo_files(info)
+    if path in files:
+        with _open(info, path) as file:
+            return _loaded(file.read(), f"{info.repo} {path}")
+    for archive in (f for f in files if f.endswith(".zip")):
+        members = {m for m in _zip(info, archive).namelist() if m.endswith(path)}
+        if members:
+            return _loaded(_zip(info, archive).read(min(members, key=len)), f"{info.repo} {archive}/{path}")
+    raise ValueError(f"{info.repo}@{info.revision[:8]}: no image {path}, loose or in a zip (the preset's layout); "
+                     "give a folder of the images with --images DIR")
+
+
+@functools.lru_cache(maxsize=16)
+def _repo_files(info: BenchmarkInfo) -> frozenset[str]:
+    from huggingface_hub import HfApi
+
+    return frozenset(HfApi().list_repo_files(info.repo, repo_type="dataset", revision=info.revision))
+
+
+def _local_images(folder: str):
+    """Images by file name under `folder` (any depth; the benchmarks' archives nest them differently)."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"--images {folder}: no such folder")
+    files = [path for path in root.rglob("*") if path.is_file()]
+    names, stems = {path.name: path for path in files}, {path.stem: path for path in files}
+
+    def find(name: str) -> Image.Image:
+        # By stem too: AID's JSONL says .png for its .jpg files; GeoChat's region ids have no extension.
+        path = names.get(Path(name).name) or stems.get(Path(name).stem)
+        if path is None:
+            raise ValueError(f"--images {folder}: no image {name}")
+        return _loaded(path.read_bytes(), str(path))
+    return find
+
+
+def _loaded(data: bytes, where: str) -> Image.Image:
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return image
+    except OSError as error:
+        raise ValueError(f"{where}: not an image ({error})") from None
+
+
+def _arrow_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None, seed: int) -> list[dict]:
+    """An EarthDial `save_to_disk` folder, streamed: its arrow files are read only as far as the sample needs."""
+    from datasets import load_dataset
+
+    files = sorted(f for f in _repo_files(info) if f.startswith(task.annotations + "/") and f.endswith(".arrow"))
+    if not files:
+        raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} has no arrow files under "
+                         f"{task.annotations} (the preset's layout)")
+    urls = [f"hf://datasets/{info.repo}@{info.revision}/{f}" for f in files]
+    stream = load_dataset("arrow", data_files=urls, split="train", streaming=True)
+    examples = sampled(stream, limit, seed) if limit else stream
+    rows = []
+    for position, example in enumerate(examples):
+        if task.question in example:  # EarthDial's prompts hold its image tag and escaped newlines
+            example[task.question] = example[task.question].replace("<image>", "").replace("\\n", "\n").strip()
+        rows.append(_row(task, example, position, None))
+    return rows

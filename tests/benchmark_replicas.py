@@ -1,0 +1,108 @@
+"""Replicas of the public benchmarks' layouts on the local Hub: the same repos, file names, columns and formats as
+the originals (SARLANG-1M: CSVs in Text.zip, images zipped; GeoChat-Bench: JSONL per task, images and RSVQA answers
+elsewhere; EarthDial: `save_to_disk` folders), a handful of rows and tiny images."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import datasets
+from huggingface_hub import HfApi
+
+from conftest import random_image
+
+SCENES = ["DenseResidential", "Farmland", "Harbor"]
+
+
+def png(seed: int) -> bytes:
+    buffer = io.BytesIO()
+    random_image(seed, 112, 112).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def upload(folder: Path, repo: str, card: str) -> str:
+    (folder / "README.md").write_text(card)
+    api = HfApi()
+    api.create_repo(repo, repo_type="dataset")
+    api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="dataset")
+    return api.dataset_info(repo).sha
+
+
+def csv_text(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def sarlang(folder: Path, images: int = 64) -> str:
+    """YiminJimmy/SARLANG-1M: Text.zip (captions and SARVQA2 as CSV; the caption header with its stray space) and
+    SARimages_preprocessed.zip; every image is asked about and captioned."""
+    folder.mkdir(parents=True)
+    names = [f"France_Nice_{n}.png" for n in range(images)]
+    with zipfile.ZipFile(folder / "Text.zip", "w") as archive:
+        archive.writestr("Text/Caption/test/Caption_test.csv", csv_text(
+            ["Image Name", " Caption"], [[name, f"A SAR image of harbour {n} with {n % 5} ships."]
+                                         for n, name in enumerate(names)]))
+        archive.writestr("Text/VQA/test/SARVQA2_test.csv", csv_text(
+            ["Image Name", "Question", "Answer"], [[name, "How many ships are there?", str(n % 5)]
+                                                   for n, name in enumerate(names)]))
+    with zipfile.ZipFile(folder / "SARimages_preprocessed.zip", "w") as archive:
+        for n, name in enumerate(names):
+            archive.writestr(f"SARimages_preprocessed/SARimages/{name}", png(n))
+    return upload(folder, "YiminJimmy/SARLANG-1M", "# SARLANG-1M (test replica)\n")
+
+
+def geochat(folder: Path, images: Path) -> str:
+    """MBZUAI/GeoChat-Bench: aid.jsonl, UCmerced.jsonl, lrben.jsonl, hrben.jsonl, region_captioning.jsonl; a local
+    folder of their images (nested, as the originals' archives are) with RSVQA's answer files."""
+    folder.mkdir(parents=True)
+    (images / "AID" / "Images").mkdir(parents=True)
+    (images / "Data").mkdir()
+    lines = lambda records: "".join(json.dumps(r) + "\n" for r in records)  # noqa: E731
+    classes = "Classes: " + ", ".join(SCENES) + "\n"
+    for name in ("aid", "UCmerced"):
+        records = [{"question_id": f"{SCENES[n % 3]}/{name}_{n}.png", "image": f"{name}_{n}.png",
+                    "text": classes + "What is in the image?", "ground_truth": f"{SCENES[n % 3]}gt"} for n in range(6)]
+        (folder / f"{name}.jsonl").write_text(lines(records))
+        for n in range(6):  # AID's files are .jpg where its JSONL says .png
+            suffix = "jpg" if name == "aid" else "png"
+            random_image(n, 56, 56).save(images / "AID" / "Images" / f"{name}_{n}.{suffix}")
+    for name, answers_file in (("lrben", "LR_split_test_answers.json"), ("hrben", "USGS_split_test_phili_answers.json")):
+        records = [{"question_id": n, "image": f"{name}_{n}.tif", "category": "presence",
+                    "text": "Is there a road?\nAnswer the question using a single word or phrase."} for n in range(6)]
+        (folder / f"{name}.jsonl").write_text(lines(records))
+        answers = [{"id": n, "question_id": n, "answer": "yes" if n % 2 else "no", "active": n != 5} for n in range(6)]
+        (images / answers_file).write_text(json.dumps({"answers": answers}))
+        for n in range(6):
+            random_image(n, 56, 56).save(images / "Data" / f"{name}_{n}.tif")
+    records = [{"question_id": n, "image_id": f"P{n:04d}", "question": "{<10><20><30><40>|<0>}",
+                "ground_truth": f"a small white ship {n}", "type": "region"} for n in range(6)]
+    (folder / "region_captioning.jsonl").write_text(lines(records))
+    for n in range(6):
+        random_image(n, 56, 56).save(images / f"P{n:04d}.png")
+    return upload(folder, "MBZUAI/GeoChat-Bench", "---\nlicense: cc-by-4.0\n---\n# GeoChat-Bench (test replica)\n")
+
+
+def earthdial(folder: Path) -> str:
+    """akshaydudhane/EarthDial-Dataset: the SAR ship detection and SRSDD region-caption test sets, each a
+    `save_to_disk` folder under Eardial_downstream_task_datasets/."""
+    root = folder / "Eardial_downstream_task_datasets"
+    features = datasets.Features({"jpg": datasets.Image(), "question": datasets.Value("string"),
+                                  "groundtruth": datasets.Value("string"), "__key__": datasets.Value("string")})
+    detection = {"jpg": [random_image(n, 56, 56) for n in range(6)],
+                 "question": ["[refer] [s1_vh_1] <image> \\n Give me the location of <ref>all ships</ref>"] * 6,
+                 "groundtruth": [f"[[{10 + n}, 20, {40 + n}, 50, 0]]" for n in range(6)],
+                 "__key__": [f"ship_{n}" for n in range(6)]}
+    datasets.Dataset.from_dict(detection, features=features).save_to_disk(
+        root / "Detection" / "ship_dataset_v0_test")
+    captions = {**detection, "question": ["[identify] [s1_vh_1] <image> \\n {<10><20><40><50>|<0>}"] * 6,
+                "groundtruth": [f"a large cargo ship {n} at the pier" for n in range(6)]}
+    datasets.Dataset.from_dict(captions, features=features).save_to_disk(
+        root / "Region_captioning" / "SRSDD_V1_0_test")
+    return upload(folder, "akshaydudhane/EarthDial-Dataset", "---\nlicense: apache-2.0\n---\n# EarthDial (replica)\n")

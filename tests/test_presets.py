@@ -1,0 +1,135 @@
+"""fusar-eval --benchmark PRESET: SARLANG-1M, GeoChat-Bench and EarthDial, read from replicas of their layouts on the
+local Hub, scored by their authors' rules (each checked here against the rule computed by hand)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import evaluate
+import pytest
+from huggingface_hub import HfApi
+
+import benchmark_replicas
+from evaluate_bench import METRICS_DIR
+from test_benchmarks import checkpoints, fusar_eval  # noqa: F401  (the module's tiny FUSAR-GPT and its base)
+
+
+def metric(name: str, configuration: str | None = None):
+    return evaluate.load(str(METRICS_DIR / name), configuration)
+
+
+def test_each_preset_metric_is_its_authors_rule_computed_by_hand():
+    # SARLANG-1M VQA: the lower-cased reference inside the lower-cased prediction ("1" is in "10").
+    scores = metric("answer_contained").compute(predictions=["There are 10 ships", "No", "YES."],
+                                                references=["1", "yes", "Yes"])
+    assert scores["accuracy"] == pytest.approx(2 / 3)
+    # GeoChat: spaces and dots removed, lower case, equal.
+    scores = metric("compact_match").compute(predictions=["Dense Residential.", "farm land", "Harbor", ""],
+                                             references=["denseresidential", "farmland", "beach", "harbor"])
+    assert (scores["accuracy"], scores["unparsable"]) == (0.5, 1)
+    # SARLANG-1M captions: pycocoevalcap on the raw captions (case and punctuation kept), as the authors' script.
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    predictions, references = ["A ship, near the Pier.", "two ships"], ["a ship near the pier.", "Two ships moored"]
+    scores = metric("sar_caption", "raw").compute(predictions=predictions, references=references)
+    truths, answers = {i: [r] for i, r in enumerate(references)}, {i: [p] for i, p in enumerate(predictions)}
+    assert scores["bleu1"] == pytest.approx(Bleu(4).compute_score(truths, answers, verbose=0)[0][0])
+    assert scores["cider"] == pytest.approx(Cider().compute_score(truths, answers)[0])
+    assert scores["bleu1"] < metric("sar_caption").compute(predictions=predictions, references=references)["bleu1"]
+    # Region captions: ROUGE-1 / ROUGE-L F. "a ship" vs "a small ship": P 2/2, R 2/3, F 0.8; nothing vs "x": 0.
+    scores = metric("region_caption").compute(predictions=["a ship", ""], references=["a small ship", "x"])
+    assert scores["rouge1"] == pytest.approx(0.4) and scores["rouge_l"] == pytest.approx(0.4)
+    # EarthDial boxes (0-100, angle in degrees, rotated about the centre), IoU >= 0.5:
+    # 10x10 in 10x20: IoU 0.5, a hit; a square turned 90 degrees is itself: a hit; a 20x10 box turned 90 degrees
+    # overlaps itself unturned by 100 / 300: a miss; an answer without boxes (or with a 400-digit number): unparsable.
+    scores = metric("rotated_boxes").compute(
+        predictions=["[[0, 0, 10, 10, 0]]", "ship at [[0,0,10,10,90]]", "[[0, 0, 20, 10, 90]]", "[[1" + "0" * 400 + ", 0, 1, 1, 0]]"],
+        references=["[[0, 0, 10, 20, 0]]", "[[0, 0, 10, 10, 0]]", "[[0, 0, 20, 10, 0]]", "[[5, 5, 9, 9, 0]]"])
+    assert scores == {"precision@0.5": pytest.approx(2 / 3), "recall@0.5": 0.5, "unparsable": 1, "examples": 4}
+
+
+def results(folder) -> dict:
+    return json.loads((folder / "results.json").read_text())
+
+
+def test_sarlang_is_read_in_ranges_and_scored_with_the_authors_rules(checkpoints, local_hub, tmp_path):  # noqa: F811
+    fusar, base = checkpoints
+    commit = benchmark_replicas.sarlang(tmp_path / "sarlang")
+    size = sum(p.stat().st_size for p in (tmp_path / "sarlang").iterdir())
+    sent = local_hub.sent
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m", "--limit", 2, "--base", base, "--max-new-tokens", 4,
+                      "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0 < local_hub.sent - sent < size / 2, "a sample read the zips' directories and its members, not the zips"
+    report = results(tmp_path / "out")
+    assert report["config"]["benchmark"] | {"columns": 0} == {
+        "name": "sarlang-1m", "repo": "YiminJimmy/SARLANG-1M", "revision": commit, "license": None, "images": None,
+        "columns": 0}
+    rows = report["predictions"]
+    assert sorted(p["task"] for p in rows) == ["sarlang-1m/caption"] * 2 + ["sarlang-1m/vqa"] * 2
+    assert all(p["reference"].startswith("A SAR image of harbour") for p in rows if p["task"].endswith("caption"))
+    vqa = [p for p in rows if p["task"] == "sarlang-1m/vqa"]
+    by_hand = sum(p["reference"].lower() in p["no anchors"].lower() for p in vqa) / len(vqa)
+    assert report["metrics"]["no anchors"]["sarlang-1m/vqa"]["accuracy"] == by_hand
+    assert {"bleu4", "rouge_l", "cider"} <= set(report["metrics"]["base model"]["sarlang-1m/caption"])
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| sarlang-1m/caption (cider" in table and "| sarlang-1m/vqa (accuracy" in table
+
+
+def test_a_layout_change_is_one_line_and_the_old_revision_still_reads(checkpoints, local_hub, tmp_path):  # noqa: F811
+    fusar, _ = checkpoints
+    commit = benchmark_replicas.sarlang(tmp_path / "sarlang", images=4)
+    changed = io.BytesIO()
+    with zipfile.ZipFile(changed, "w") as archive:
+        archive.writestr("Text/VQA/test/SARVQA2_test.csv", "Image Name,Question,Reply\nFrance_Nice_0.png,Why?,No\n")
+    HfApi().upload_file(path_or_fileobj=changed.getvalue(), path_in_repo="Text.zip", repo_id="YiminJimmy/SARLANG-1M",
+                        repo_type="dataset")
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert "Text.zip/Text/VQA/test/SARVQA2_test.csv, record 0: no field 'Answer' (the sarlang-1m/vqa preset's " \
+           "layout); it has ['Image Name', 'Question', 'Reply']" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/caption", "--output", tmp_path / "out")
+    assert done.returncode == 2 and "has no Text.zip/Text/Caption/test/Caption_test.csv" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--revision", commit, "--limit", 1, "--max-new-tokens", 2,
+                      "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert results(tmp_path / "out")["config"]["benchmark"]["revision"] == commit
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/grounding", "--output", tmp_path / "out")
+    assert done.returncode == 2 and "sarlang-1m has no task 'grounding'; it has sarlang-1m/caption, " \
+                                    "sarlang-1m/vqa" in done.stderr
+
+
+def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(checkpoints, local_hub, tmp_path):  # noqa: F811
+    fusar, _ = checkpoints
+    images = tmp_path / "images"
+    benchmark_replicas.geochat(tmp_path / "geochat", images)
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench", "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "--benchmark geochat-bench/aid: its images are not on the Hub; get AID" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench", "--images", images, "--limit", 3, "--max-new-tokens", 3,
+                      "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = results(tmp_path / "out")
+    tasks = {p["task"] for p in report["predictions"]}
+    assert tasks == {f"geochat-bench/{t}" for t in ("aid", "ucmerced", "lrben", "hrben", "region_captioning")}
+    scenes = {p["reference"] for p in report["predictions"] if p["task"] in ("geochat-bench/aid", "geochat-bench/ucmerced")}
+    assert scenes <= {s.lower() for s in benchmark_replicas.SCENES}  # from the question id, not "...gt"
+    assert {p["reference"] for p in report["predictions"] if p["task"] == "geochat-bench/lrben"} <= {"yes", "no"}
+    assert set(report["metrics"]["no anchors"]["geochat-bench/region_captioning"]) >= {"rouge1", "rouge_l"}
+    assert report["config"]["benchmark"]["license"] == "cc-by-4.0"
+
+
+def test_earthdial_sar_subsets_stream_from_save_to_disk_folders(checkpoints, local_hub, tmp_path):  # noqa: F811
+    fusar, _ = checkpoints
+    benchmark_replicas.earthdial(tmp_path / "earthdial")
+    done = fusar_eval(fusar, "--benchmark", "earthdial", "--limit", 2, "--max-new-tokens", 3, "--output", tmp_path / "out")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = results(tmp_path / "out")
+    metrics = report["metrics"]["no anchors"]
+    assert set(metrics) == {"earthdial/ship_dataset_v0", "earthdial/srsdd"}
+    assert metrics["earthdial/ship_dataset_v0"]["examples"] == 2 and "precision@0.5" in metrics["earthdial/ship_dataset_v0"]
+    assert all(p["reference"].startswith("[[") for p in report["predictions"] if "ship" in p["task"])
+    assert "| earthdial/srsdd (rouge_l" in (tmp_path / "out" / "results.md").read_text()
