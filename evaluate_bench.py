@@ -104,6 +104,14 @@ def score(rows, answers) -> dict[str, dict]:
     return {task: {"accuracy": hits[task] / counts[task], "examples": counts[task]} for task in counts}
 
 
+def check_metrics(rows, source: str) -> None:
+    """Every task must have a metric, before hours of generation rather than after."""
+    unscored = sorted({row["task"] for row in rows if not row.get("metric") and row["task"] not in TASK_METRICS})
+    if unscored:
+        raise ValueError(f"{source}: no metric for the task {', '.join(map(repr, unscored))}; the metrics cover "
+                         f"{', '.join(sorted(TASK_METRICS))}")
+
+
 def task_metrics(rows, answers) -> dict[str, dict]:
     """Each task's metric module over its rows (a benchmark preset's row names its own, `module[:configuration]`)."""
     import evaluate
@@ -111,7 +119,7 @@ def task_metrics(rows, answers) -> dict[str, dict]:
     results = {}
     for task in sorted({row["task"] for row in rows}):
         pairs = [(a, r["messages"][-1]["content"]) for r, a in zip(rows, answers) if r["task"] == task]
-        chosen = next(r for r in rows if r["task"] == task).get("metric") or TASK_METRICS.get(task, "sar_exact_match")
+        chosen = next(r for r in rows if r["task"] == task).get("metric") or TASK_METRICS[task]
         module, _, configuration = chosen.partition(":")
         metric = evaluate.load(str(METRICS_DIR / module), configuration or None)
         results[task] = metric.compute(predictions=[p for p, _ in pairs], references=[r for _, r in pairs])
@@ -246,6 +254,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
         rows = load_rows(dataset, split, manifest, limit, seed)
     if not rows:
         raise ValueError(f"no rows to evaluate in {manifest or dataset} ({split})")
+    check_metrics(rows, f"{manifest or dataset} ({split})")
     processor = loaded(AutoProcessor.from_pretrained, checkpoint)
     models = {"checkpoint": loaded(AutoModelForImageTextToText.from_pretrained, checkpoint)}
     plan = [(variant, "checkpoint", variant != "no anchors") for variant in variants]

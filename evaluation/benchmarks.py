@@ -13,10 +13,14 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-# --metric -> (the task name the table shows, the metric module in metrics/)
+# --metric -> (the task name the table shows, the metric module in metrics/[:configuration]); the last five are the
+# public benchmarks' own rules (evaluation/presets.py)
 METRICS = {"exact_match": ("vqa", "sar_exact_match"), "caption": ("caption", "sar_caption"),
            "classification": ("classification", "sar_classification"), "counting": ("counting", "sar_counting"),
-           "detection": ("detection", "sar_detection"), "grid": ("localization", "sar_grid")}
+           "detection": ("detection", "sar_detection"), "grid": ("localization", "sar_grid"),
+           "caption_raw": ("caption_raw", "sar_caption:raw"), "answer_contained": ("answer_contained", "answer_contained"),
+           "compact_match": ("compact_match", "compact_match"), "region_caption": ("region_caption", "region_caption"),
+           "rotated_boxes": ("rotated_boxes", "rotated_boxes")}
 SAMPLE_POOL = 8  # examples read per example drawn by a --limit sample
 
 
@@ -81,8 +85,9 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
         if column is not None and column not in columns:
             raise ValueError(f"{info.repo} ({mapping.split} split): no column {column!r} ({flag}); it has {columns}")
     examples = sampled(stream, limit, seed) if limit else stream
-    task = METRICS[mapping.metric][0]
-    return [benchmark_row(info, mapping, task, position, example) for position, example in enumerate(examples)]
+    task, metric = METRICS[mapping.metric]
+    return [benchmark_row(info, mapping, task, position, example) | {"metric": metric}
+            for position, example in enumerate(examples)]
 
 
 def sampled(stream, limit: int, seed: int) -> list[dict]:

@@ -27,7 +27,7 @@ from PIL import Image
 
 from evaluation.benchmarks import BenchmarkInfo, sampled
 
-ZIP_BLOCK = 256 * 1024  # bytes read per request from a file on the Hub
+HUB_BLOCK = 256 * 1024  # bytes read per request from a file on the Hub
 
 
 @dataclass(frozen=True)
@@ -124,7 +124,11 @@ def _row(task: PresetTask, record: dict, position: int, find_image) -> dict:
     missing = [f for f in (task.image, task.question, task.answer) if isinstance(f, str) and f not in record]
     if missing:
         raise ValueError(f"{where}: no field {missing[0]!r} (the {task.name} preset's layout); it has {sorted(record)}")
-    answer = task.answer(record) if callable(task.answer) else record[task.answer]
+    try:
+        answer = task.answer(record) if callable(task.answer) else record[task.answer]
+    except (KeyError, AttributeError) as error:  # a derived reference (GeoChat's class from the question id)
+        raise ValueError(f"{where}: no usable field {error} for the reference (the {task.name} preset's layout); "
+                         f"it has {sorted(record)}") from None
     question = task.prompt.format(question=record[task.question] if task.question else "")
     image = record[task.image]
     if not isinstance(image, Image.Image):
@@ -140,7 +144,7 @@ def _open(info: BenchmarkInfo, path: str):
 
     archive, dot_zip, member = path.partition(".zip/")
     if not dot_zip:  # blocks of 256 KiB, not fsspec's 5 MiB: one image is tens of KiB
-        return HfFileSystem().open(f"datasets/{info.repo}@{info.revision}/{path}", "rb", block_size=ZIP_BLOCK)
+        return HfFileSystem().open(f"datasets/{info.repo}@{info.revision}/{path}", "rb", block_size=HUB_BLOCK)
     return _zip(info, archive + ".zip").open(member)
 
 
@@ -152,23 +156,40 @@ def _zip(info: BenchmarkInfo, path: str) -> zipfile.ZipFile:
 def _records(info: BenchmarkInfo, task: PresetTask) -> list[dict]:
     from huggingface_hub.errors import EntryNotFoundError
 
+    where = f"{info.repo}@{info.revision[:8]} {task.annotations}"
     try:
         with _open(info, task.annotations) as file:
             text = io.TextIOWrapper(file, encoding="utf-8-sig")
             if task.annotations.endswith(".csv"):  # SARLANG's headers carry stray spaces (" Caption")
-                return [{key.strip(): value for key, value in record.items()} for record in csv.DictReader(text)]
-            return [json.loads(line) for line in text if line.strip()]
+                return [{(key or "").strip(): value for key, value in record.items()} for record in csv.DictReader(text)]
+            return [_json_record(line, where, number) for number, line in enumerate(text, 1) if line.strip()]
     except (FileNotFoundError, KeyError, EntryNotFoundError):
         raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} has no {task.annotations} (the "
                          "preset's layout); read it with --image-column / --question-column / --answer-column "
                          "instead") from None
+    except (zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{where}: unreadable ({error})") from None
+
+
+def _json_record(line: str, where: str, number: int) -> dict:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}, line {number}: not a JSON object")
+    return record
 
 
 def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: PresetTask) -> list[dict]:
     """GeoChat's RSVQA questions joined with RSVQA's answers by question id (only active questions are scored)."""
     if answers_file is None or not answers_file.is_file():
         raise ValueError(f"--benchmark {task.name}: no {task.answers_file} in --images; get {task.images_from}")
-    answers = {a["question_id"]: a for a in json.loads(answers_file.read_text())["answers"] if a.get("active", True)}
+    try:
+        answers = {a["question_id"]: a for a in json.loads(answers_file.read_text())["answers"] if a.get("active", True)}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise ValueError(f"{answers_file}: not RSVQA's answers file (a JSON object whose 'answers' list holds "
+                         "'question_id' and 'answer')") from None
     return [{**record, "answer": answers[record["question_id"]]["answer"]} for record in records
             if record.get("question_id") in answers]
 
@@ -181,7 +202,10 @@ def _repo_image(info: BenchmarkInfo, folder: str, name: str) -> Image.Image:
         with _open(info, path) as file:
             return _loaded(file.read(), f"{info.repo} {path}")
     for archive in (f for f in files if f.endswith(".zip")):
-        members = {m for m in _zip(info, archive).namelist() if m.endswith(path)}
+        try:
+            members = {m for m in _zip(info, archive).namelist() if m.endswith(path)}
+        except zipfile.BadZipFile:
+            raise ValueError(f"{info.repo}@{info.revision[:8]} {archive}: not a zip archive") from None
         if members:
             return _loaded(_zip(info, archive).read(min(members, key=len)), f"{info.repo} {archive}/{path}")
     raise ValueError(f"{info.repo}@{info.revision[:8]}: no image {path}, loose or in a zip (the preset's layout); "

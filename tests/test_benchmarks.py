@@ -93,6 +93,13 @@ def test_a_rerun_reuses_the_predictions_and_another_seed_draws_other_rows(hub_be
     other = json.loads((tmp_path / "out" / "results.json").read_text())["predictions"]
     assert [p["reference"] for p in other] != [p["reference"] for p in first] or \
         [p["id"] for p in other] != [p["id"] for p in first]
+    # Another rule (SARLANG's): the same predictions, scored anew under their own task name.
+    assert fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--limit", 3, "--seed", 1, "--metric", "answer_contained",
+                      "--max-new-tokens", 4, "--output", tmp_path / "out").returncode == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(report["metrics"]["no anchors"]) == {"answer_contained"}
+    assert report["metrics"]["no anchors"]["answer_contained"]["accuracy"] == sum(
+        p["reference"].lower() in p["no anchors"].lower() for p in report["predictions"]) / 3
 
 
 def test_a_layout_that_does_not_match_names_the_missing_column_in_one_line(hub_benchmark, checkpoints, tmp_path):

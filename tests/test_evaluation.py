@@ -207,3 +207,11 @@ def test_limit_draws_rows_with_a_seed_and_a_missing_split_names_the_others(train
     assert len({row["task"] for row in drawn}) > 1
     with pytest.raises(ValueError, match="has no 'holdout' split; it has train, validation, test"):
         evaluate_bench.load_rows(data, "holdout", None, None)
+
+
+def test_a_task_without_a_metric_is_refused_before_anything_is_generated():
+    rows = [{"task": "counting"}, {"task": "segmentation"}, {"task": "sarlang-1m/vqa", "metric": "answer_contained"}]
+    with pytest.raises(ValueError, match="data/x \\(test\\): no metric for the task 'segmentation'; the metrics cover "
+                                         "caption, classification"):
+        evaluate_bench.check_metrics(rows, "data/x (test)")
+    evaluate_bench.check_metrics(rows[::2], "data/x (test)")

@@ -120,6 +120,12 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
     assert {p["reference"] for p in report["predictions"] if p["task"] == "geochat-bench/lrben"} <= {"yes", "no"}
     assert set(report["metrics"]["no anchors"]["geochat-bench/region_captioning"]) >= {"rouge1", "rouge_l"}
     assert report["config"]["benchmark"]["license"] == "cc-by-4.0"
+    HfApi().upload_file(path_or_fileobj=b'{"question_id": "Farmland/1"}\n[1, 2]\n', path_in_repo="aid.jsonl",
+                        repo_id="MBZUAI/GeoChat-Bench", repo_type="dataset")
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/aid", "--images", images, "--output", tmp_path / "out")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "aid.jsonl, line 2: not a JSON object" in done.stderr
+    assert results(tmp_path / "out") == report  # the earlier results are untouched
 
 
 def test_earthdial_sar_subsets_stream_from_save_to_disk_folders(checkpoints, local_hub, tmp_path):  # noqa: F811
