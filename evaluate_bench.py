@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from command_line import command, local_or_hub_id, positive_int
 from dataset_scripts.schema import row_anchors
-from evaluation.benchmarks import METRICS, ColumnMapping, benchmark_info, benchmark_rows
+from evaluation.benchmarks import DEFAULT_PROMPT, METRICS, ColumnMapping, as_image, benchmark_info, benchmark_rows
 from evaluation.presets import preset_rows, preset_tasks
 from processing.anchors import collate_anchor_sets
 
@@ -80,7 +80,8 @@ def generate_answers(model, processor, rows, batch_size: int = 16, max_new_token
         prompts = [processor.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": row["messages"][0]["content"]}]}],
             add_generation_prompt=True) for row in batch]
-        inputs = processor(images=[row["image"] for row in batch], text=prompts, padding=True, return_tensors="pt")
+        inputs = processor(images=[as_image(row["image"]) for row in batch], text=prompts, padding=True,
+                           return_tensors="pt")
         if use_anchors and anchors is not None:
             inputs.update(collate_anchor_sets(anchors[start : start + batch_size], [row["year"] for row in batch]))
         inputs = inputs.to(model.device)
@@ -165,6 +166,25 @@ def loaded(load, source):
         raise ValueError(f"{source}: cannot load it as a model ({type(error).__name__}: {error})") from error
 
 
+def benchmark_source(benchmark: str, mapping, revision, limit, seed, images):
+    """(rows, BenchmarkInfo, split) of a public benchmark: a preset's tasks, or a Hub dataset read through `mapping`."""
+    tasks = preset_tasks(benchmark)
+    if not tasks:
+        info = benchmark_info(benchmark, revision)
+        return benchmark_rows(info, mapping, limit, seed), info, mapping.split
+    info = benchmark_info(tasks[0].repo, revision)  # a preset's tasks share one repo
+    return [row for task in tasks for row in preset_rows(task, info, limit, seed, images)], info, "test"
+
+
+def benchmark_setting(rows, mapping, limit, seed, images) -> dict:
+    """What a benchmark's prediction cache is keyed by besides the model and the commit: the sample, where the images
+    come from, and every row's question (a new prompt, column or preset version is asked anew)."""
+    questions = json.dumps([(row["id"], row["messages"][0]["content"]) for row in rows])
+    columns = {key: value for key, value in vars(mapping).items() if key != "metric"} if mapping else None
+    return {"sample": [limit, seed], "images": images, "columns": columns,
+            "questions": hashlib.sha1(questions.encode()).hexdigest()}
+
+
 def check_same_base(base_model, model, base: str) -> None:
     """The base is run with the checkpoint's processor: it must be the model the checkpoint was trained from, or at
     least share its family and vocabulary (else its answers are decoded with another tokenizer's ids)."""
@@ -235,21 +255,20 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     import modeling_fusar  # noqa: F401
     from evaluation.report import bar_plot, detection_overlays, markdown_table, update_model_card
 
-    output, checkpoint = Path(output), Path(checkpoint)
+    output, checkpoint, images = Path(output), Path(checkpoint), str(images) if images else None
     for flag, folder in (("checkpoint", checkpoint), ("--stage1", stage1)):
         if folder is not None and not Path(folder).is_dir():
             raise ValueError(f"{flag} {folder}: no such checkpoint folder")
     if base:
         local_or_hub_id(base, "--base")
     info = None
-    if benchmark and preset_tasks(benchmark):
-        info = benchmark_info(preset_tasks(benchmark)[0].repo, revision)  # a preset's tasks share one repo
-        rows = [row for task in preset_tasks(benchmark) for row in preset_rows(task, info, limit, seed, images)]
-        split, variants, dataset = "test", ("no anchors",), f"{benchmark}@{info.revision}"
-    elif benchmark:
-        info = benchmark_info(benchmark, revision)
-        rows, split, variants = benchmark_rows(info, mapping, limit, seed), mapping.split, ("no anchors",)
-        dataset = f"{benchmark}@{info.revision}"
+    if benchmark:
+        if stage1 or update_card:  # a stage-1 model reads anchors; a card's results are the held-out split's
+            raise ValueError(f"--benchmark {benchmark}: {'--stage1' if stage1 else '--card'} is for a triplet "
+                             "dataset with anchors, not a public benchmark")
+        rows, info, split = benchmark_source(benchmark, mapping, revision, limit, seed, images)
+        mapping = None if preset_tasks(benchmark) else mapping  # a preset reads its own columns
+        variants, dataset = ("no anchors",), f"{benchmark}@{info.revision}"
     else:
         rows = load_rows(dataset, split, manifest, limit, seed)
     if not rows:
@@ -273,7 +292,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
         anchors = variant_anchors(rows, variant) if use_anchors else None
         setting = {"model": str(sources[model_name]), "weights": weights_identity(sources[model_name], models[model_name]),
                    "data": str(manifest or dataset), "split": split, "rows": len(rows), "max_new_tokens": max_new_tokens,
-                   **({"sample": [limit, seed]} if info else {})}  # a benchmark's row ids are positions in its sample
+                   **(benchmark_setting(rows, mapping, limit, seed, images) if info else {})}
         predictions[variant] = cached_answers(output / "predictions" / f"{variant.replace(' ', '_')}.jsonl",
                                               models[model_name], processor, rows, anchors, use_anchors, batch_size,
                                               max_new_tokens, setting)
@@ -286,10 +305,11 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
                          "examples": len(rows), "limit": limit, "seed": seed,
                          **({"benchmark": {"name": benchmark, "repo": info.repo, "revision": info.revision,
                                            "license": info.license, "images": images,
-                                           "columns": None if preset_tasks(benchmark) else vars(mapping)}}
+                                           "columns": vars(mapping) if mapping else None}}
                             if info else {})},
               "metrics": results,
-              "predictions": [{"id": row["id"], "task": row["task"], "reference": row["messages"][-1]["content"],
+              "predictions": [{"id": row["id"], "task": row["task"], "question": row["messages"][0]["content"],
+                               "reference": row["messages"][-1]["content"],
                                **{variant: predictions[variant][i] for variant in predictions}}
                               for i, row in enumerate(rows)]}
     (output / "results.json").write_text(json.dumps(report, indent=2, default=float))
@@ -299,6 +319,27 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
         update_model_card(checkpoint, results[reference], manifest or dataset, split)
     print(table)
     return report
+
+
+COLUMN_FLAGS = ("image_column", "question_column", "answer_column", "prompt", "metric", "config")
+
+
+def refuse_flags_that_do_not_apply(args) -> None:
+    """A flag that would be ignored is a mistake to report, not to guess around."""
+    def given(names):
+        return ["--" + name.replace("_", "-") for name in names if getattr(args, name) is not None]
+
+    if args.benchmark and preset_tasks(args.benchmark):
+        wrong, why = given(COLUMN_FLAGS + ("split",)), f"--benchmark {args.benchmark} is a preset: it reads its " \
+                                                       "own files and scores by its authors' rules"
+    elif args.benchmark:
+        wrong, why = given(("images",)), "--images is for a preset's images"
+        if args.question_column and args.prompt:
+            wrong, why = ["--prompt"], "every row asks its --question-column"
+    else:
+        wrong, why = given(COLUMN_FLAGS + ("images", "revision")), "it is for --benchmark"
+    if wrong:
+        raise ValueError(f"{', '.join(wrong)}: not used here ({why})")
 
 
 @command("fusar-eval")
@@ -311,18 +352,19 @@ def main(argv=None):
     source.add_argument("--benchmark", help="a public benchmark, scored without anchors: a preset (sarlang-1m, "
                                             "geochat-bench, earthdial, or one task of one: sarlang-1m/vqa) or any Hub "
                                             "dataset id, read through the columns below")
-    parser.add_argument("--split", default="test")
-    columns = parser.add_argument_group("--benchmark columns")
-    columns.add_argument("--image-column", default="image")
+    parser.add_argument("--split", help="the split to evaluate (default: test)")
+    columns = parser.add_argument_group("--benchmark USER/REPO: its columns (a preset knows its own)")
+    columns.add_argument("--image-column", help="default: image")
     columns.add_argument("--question-column", help="the question (default: every row asks --prompt)")
-    columns.add_argument("--answer-column", default="answer", help="the reference answer or caption")
-    columns.add_argument("--prompt", default="Describe this image.", help="the question when there is no column")
-    columns.add_argument("--metric", default="exact_match", choices=sorted(METRICS), help="how answers are scored")
+    columns.add_argument("--answer-column", help="the reference answer or caption (default: answer)")
+    columns.add_argument("--prompt", help=f"the question when there is no column (default: {DEFAULT_PROMPT!r})")
+    columns.add_argument("--metric", choices=sorted(METRICS), help="how answers are scored (default: exact_match)")
     columns.add_argument("--config", help="the dataset's configuration (subset), if it has several")
-    columns.add_argument("--images", help="a local folder of a preset's images where the Hub has none "
-                                          "(GeoChat-Bench)")
-    columns.add_argument("--revision", help="the benchmark's revision (default: its main branch; the commit read is "
-                                            "recorded)")
+    benchmarks = parser.add_argument_group("--benchmark")
+    benchmarks.add_argument("--images", help="a local folder of a preset's images where the Hub has none "
+                                             "(GeoChat-Bench)")
+    benchmarks.add_argument("--revision", help="the benchmark's revision (default: its main branch; the commit read "
+                                               "is recorded)")
     parser.add_argument("--output", default="outputs/eval", help="folder for results.json, results.md, plots, cache")
     parser.add_argument("--base", help="also evaluate this base model without the anchor module")
     parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
@@ -333,9 +375,11 @@ def main(argv=None):
     parser.add_argument("--card", action="store_true", help="write the results into the checkpoint's model card "
                                                             "(model-index); evaluate the whole held-out split for that")
     args = parser.parse_args(argv)
-    mapping = ColumnMapping(args.image_column, args.answer_column, args.question_column, args.prompt, args.metric,
-                            args.split, args.config)
-    evaluate_checkpoint(args.checkpoint, args.dataset, args.split, args.manifest, args.output, args.base,
+    refuse_flags_that_do_not_apply(args)
+    mapping = ColumnMapping(args.image_column or "image", args.answer_column or "answer", args.question_column,
+                            args.prompt or DEFAULT_PROMPT, args.metric or "exact_match", args.split or "test",
+                            args.config)
+    evaluate_checkpoint(args.checkpoint, args.dataset, args.split or "test", args.manifest, args.output, args.base,
                         args.stage1, args.batch_size, args.max_new_tokens, args.limit, update_card=args.card,
                         seed=args.seed, benchmark=args.benchmark, mapping=mapping, revision=args.revision,
                         images=args.images)

@@ -22,6 +22,7 @@ METRICS = {"exact_match": ("vqa", "sar_exact_match"), "caption": ("caption", "sa
            "compact_match": ("compact_match", "compact_match"), "region_caption": ("region_caption", "region_caption"),
            "rotated_boxes": ("rotated_boxes", "rotated_boxes")}
 SAMPLE_POOL = 8  # examples read per example drawn by a --limit sample
+DEFAULT_PROMPT = "Describe this image."
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class ColumnMapping:
     image: str
     answer: str
     question: str | None = None
-    prompt: str = "Describe this image."
+    prompt: str = DEFAULT_PROMPT
     metric: str = "exact_match"
     split: str = "test"
     config: str | None = None
@@ -79,7 +80,9 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
     if mapping.metric not in METRICS:
         raise ValueError(f"--metric {mapping.metric}: no such metric; expected one of {sorted(METRICS)}")
     stream = load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True, revision=info.revision)
-    columns = list(stream.features) if stream.features else list(next(iter(stream)))
+    columns = list(stream.features) if stream.features else list(next(iter(stream), {}))
+    if not columns:
+        raise ValueError(f"{info.repo} ({mapping.split} split): no examples")
     wanted = {"--image-column": mapping.image, "--answer-column": mapping.answer, "--question-column": mapping.question}
     for flag, column in wanted.items():
         if column is not None and column not in columns:
@@ -92,8 +95,10 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
 
 def sampled(stream, limit: int, seed: int) -> list[dict]:
     """`limit` examples drawn with `seed` from the first `SAMPLE_POOL` x `limit` examples of the stream's shards
-    (files) taken in a seeded random order: the shards past those are never opened. (datasets' own
-    `shuffle(buffer_size=...)` opens every shard of the split.)"""
+    (files, or their parquet row groups) taken in a seeded random order: the shards past those are never opened.
+    (datasets' own `shuffle(buffer_size=...)` opens every shard of the split.)"""
+    if stream.num_shards == 1:  # one file is still many shards, its parquet row groups (reshard opens every file)
+        stream = stream.reshard()
     generator = random.Random(seed)
     pool = []
     for shard in generator.sample(range(stream.num_shards), stream.num_shards):
@@ -116,6 +121,12 @@ def benchmark_row(info: BenchmarkInfo, mapping: ColumnMapping, task: str, positi
     return {"id": f"{mapping.split}/{position}", "task": task, "image": _image(example[mapping.image], info, where),
             "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": str(answer)}],
             "year": None}
+
+
+def as_image(image) -> Image.Image:
+    """A row's image: a preset's rows hold loaders, read when their batch is built (a benchmark's split decoded at
+    once would not fit in memory)."""
+    return image() if callable(image) else image
 
 
 def _image(value, info: BenchmarkInfo, where: str) -> Image.Image:

@@ -2,7 +2,7 @@
 
     lmms-eval --model fusar_gpt --model_args pretrained=CHECKPOINT[,alphaearth=URL_OR_DIR] --tasks TASKS
 
-Registered through lmms-eval's `lmms_eval.models` entry point (installed with `fusar-gpt[lmms]`). Each document's
+Registered through lmms-eval's `lmms_eval.models` entry point (`evaluation/lmms_registration.py`). Each document's
 image gets the anchors its document carries: the triplet dataset's anchor columns (`anchor_values`, ...), or an
 `anchors` field (an `.npz` / `.npy` file's path or bytes); else, for an image given as the path of a georeferenced
 GeoTIFF, the anchors found under it through `alphaearth` (the same sampling as `fusar-data anchors`); else none,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from lmms_eval import utils
 from lmms_eval.api.model import lmms
-from lmms_eval.models.registry_v2 import ModelManifest
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -22,15 +21,10 @@ from dataset_scripts.schema import row_anchors
 from processing.anchors import AnchorSet, as_anchor_set, collate_anchor_sets, from_bytes
 
 
-def manifests() -> list[ModelManifest]:
-    """The `lmms_eval.models` entry point's payload."""
-    return [ModelManifest("fusar_gpt", simple_class_path="evaluation.lmms_model.FusarGPT", aliases=("fusar-gpt",))]
-
-
 class FusarGPT(lmms):
     is_simple = True
 
-    def __init__(self, pretrained: str, device: str = "cpu", batch_size: int | str = 8, dtype: str = "auto",
+    def __init__(self, pretrained: str, device: str | None = None, batch_size: int | str = 8, dtype: str = "auto",
                  max_new_tokens: int | str = 128, alphaearth: str | None = None, grid_size: int | str = 8,
                  **unknown) -> None:
         super().__init__()
@@ -41,6 +35,9 @@ class FusarGPT(lmms):
 
         import modeling_fusar  # noqa: F401  (registers FUSAR-GPT with the Auto classes)
 
+        if not str(batch_size).isdigit() or not str(max_new_tokens).isdigit():
+            raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: fusar_gpt takes numbers")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # lmms-eval's --device defaults to none
         self.processor = AutoProcessor.from_pretrained(pretrained)
         self.model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(device).eval()
         self.anchor_dim = getattr(self.model.config, "anchor_dim", None)  # None: not FUSAR-GPT; no anchors

@@ -14,6 +14,7 @@ needed), never downloaded whole.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import functools
 import io
 import json
@@ -43,11 +44,13 @@ class PresetTask:
     images: str | None = None  # the repo folder of the images, loose or inside a zip in the repo; None: --images
     images_from: str = ""  # where a user gets the images when they are not on the Hub
     answers_file: str | None = None  # RSVQA: the answers are in a file beside the images
+    local_folder: str = ""  # the folder under --images that holds this task's images, when names repeat
+    rewrites: tuple[tuple[str, str], ...] = ()  # what the authors' own script replaces in a question
 
 
-def _rsvqa_question(name: str, answers_file: str) -> PresetTask:
+def _rsvqa_question(name: str, answers_file: str, images_folder: str) -> PresetTask:
     return PresetTask(f"geochat-bench/{name}", "MBZUAI/GeoChat-Bench", f"{name}.jsonl", "image", "answer",
-                      "compact_match", question="text", answers_file=answers_file,
+                      "compact_match", question="text", answers_file=answers_file, local_folder=images_folder,
                       images_from=f"the RSVQA {name[:2].upper()} test set on Zenodo (records 6344334 / 6344367): "
                                   f"its images and {answers_file}")
 
@@ -72,8 +75,8 @@ PRESETS: dict[str, list[PresetTask]] = {
     "geochat-bench": [
         _scene("aid", "AID (captain-whu.github.io/AID)"),
         _scene("UCmerced", "UC Merced Land Use (weegee.vision.ucmerced.edu/datasets/landuse.html)"),
-        _rsvqa_question("lrben", "LR_split_test_answers.json"),
-        _rsvqa_question("hrben", "USGS_split_test_phili_answers.json"),
+        _rsvqa_question("lrben", "LR_split_test_answers.json", "Images_LR"),  # RSVQA's archives' folders
+        _rsvqa_question("hrben", "USGS_split_test_phili_answers.json", "Data"),
         PresetTask("geochat-bench/region_captioning", "MBZUAI/GeoChat-Bench", "region_captioning.jsonl",
                    "image_id", "ground_truth", "region_caption", question="question",
                    prompt="[identify] What is the object present at {question}",
@@ -82,9 +85,12 @@ PRESETS: dict[str, list[PresetTask]] = {
     "earthdial": [
         PresetTask("earthdial/ship_dataset_v0", "akshaydudhane/EarthDial-Dataset",
                    "Eardial_downstream_task_datasets/Detection/ship_dataset_v0_test", "jpg", "groundtruth",
-                   "rotated_boxes", question="question"),
+                   "rotated_boxes", question="question",  # as EarthDial's detection_test.py asks
+                   rewrites=((" [refer] [s1_vh_1] <image> \\n ",
+                              "[refer] [s1_vh_1] <image> \\n Give me the location of "),)),
+        # The folder is SRSDD_V1_0_test in EarthDial's docs, SRSDD_V1_0_region_captioning_test by its shards' names.
         PresetTask("earthdial/srsdd", "akshaydudhane/EarthDial-Dataset",
-                   "Eardial_downstream_task_datasets/Region_captioning/SRSDD_V1_0_test", "jpg", "groundtruth",
+                   "Eardial_downstream_task_datasets/Region_captioning/SRSDD_V1_0*test", "jpg", "groundtruth",
                    "region_caption", question="question"),
     ],
 }
@@ -112,11 +118,28 @@ def preset_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None = None,
                          "their folder with --images DIR")
     records = _records(info, task)
     if task.answers_file:
-        records = _with_rsvqa_answers(records, Path(images) / task.answers_file if images else None, task)
+        records = _with_rsvqa_answers(records, _local_file(images, task.answers_file) if images else None, task)
+    if not records:
+        raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} {task.annotations} has no "
+                         "records" + (f" with an answer in {task.answers_file}" if task.answers_file else ""))
     picked = sorted(random.Random(seed).sample(range(len(records)), limit)) if limit and limit < len(records) \
         else range(len(records))
-    find = _local_images(images) if images else functools.partial(_repo_image, info, task.images)
+    find = functools.partial(_folder_image, images, task.local_folder) if images else \
+        functools.partial(_repo_image, info, task.images)
     return [_row(task, records[i], i, find) for i in picked]
+
+
+def _folder_image(folder: str, under: str, name: str):
+    path = _local_file(folder, name, under)
+    return lambda: _loaded(path.read_bytes(), str(path))
+
+
+@functools.lru_cache(maxsize=64)  # VQA asks several questions of one image, one after another
+def _hub_image(info: BenchmarkInfo, path: str, member: str | None) -> Image.Image:
+    if member is None:
+        with _open(info, path) as file:
+            return _loaded(file.read(), f"{info.repo} {path}")
+    return _loaded(_zip(info, path).read(member), f"{info.repo} {path}/{member}")
 
 
 def _row(task: PresetTask, record: dict, position: int, find_image) -> dict:
@@ -130,7 +153,7 @@ def _row(task: PresetTask, record: dict, position: int, find_image) -> dict:
         raise ValueError(f"{where}: no usable field {error} for the reference (the {task.name} preset's layout); "
                          f"it has {sorted(record)}") from None
     question = task.prompt.format(question=record[task.question] if task.question else "")
-    image = record[task.image]
+    image = record[task.image]  # decoded (arrow), bytes, or a name: then a loader, read when its batch is built
     if not isinstance(image, Image.Image):
         image = _loaded(image["bytes"], where) if isinstance(image, dict) else find_image(str(image))
     return {"id": f"{task.name}/{position}", "task": task.name, "metric": task.metric, "image": image,
@@ -159,9 +182,9 @@ def _records(info: BenchmarkInfo, task: PresetTask) -> list[dict]:
     where = f"{info.repo}@{info.revision[:8]} {task.annotations}"
     try:
         with _open(info, task.annotations) as file:
-            text = io.TextIOWrapper(file, encoding="utf-8-sig")
-            if task.annotations.endswith(".csv"):  # SARLANG's headers carry stray spaces (" Caption")
-                return [{(key or "").strip(): value for key, value in record.items()} for record in csv.DictReader(text)]
+            text = io.TextIOWrapper(file, encoding="utf-8-sig", newline="")  # newline="": csv's own line ends
+            if task.annotations.endswith(".csv"):
+                return [_csv_record(record, where, number) for number, record in enumerate(csv.DictReader(text), 2)]
             return [_json_record(line, where, number) for number, line in enumerate(text, 1) if line.strip()]
     except (FileNotFoundError, KeyError, EntryNotFoundError):
         raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} has no {task.annotations} (the "
@@ -169,6 +192,12 @@ def _records(info: BenchmarkInfo, task: PresetTask) -> list[dict]:
                          "instead") from None
     except (zipfile.BadZipFile, UnicodeDecodeError, csv.Error) as error:
         raise ValueError(f"{where}: unreadable ({error})") from None
+
+
+def _csv_record(record: dict, where: str, number: int) -> dict:
+    if None in record or None in record.values():  # more fields than the header, or fewer
+        raise ValueError(f"{where}, line {number}: not as many fields as the header has")
+    return {key.strip(): value for key, value in record.items()}  # SARLANG's headers carry stray spaces (" Caption")
 
 
 def _json_record(line: str, where: str, number: int) -> dict:
@@ -183,8 +212,8 @@ def _json_record(line: str, where: str, number: int) -> dict:
 
 def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: PresetTask) -> list[dict]:
     """GeoChat's RSVQA questions joined with RSVQA's answers by question id (only active questions are scored)."""
-    if answers_file is None or not answers_file.is_file():
-        raise ValueError(f"--benchmark {task.name}: no {task.answers_file} in --images; get {task.images_from}")
+    if answers_file is None:
+        raise ValueError(f"--benchmark {task.name}: give --images, the folder of {task.images_from}")
     try:
         answers = {a["question_id"]: a for a in json.loads(answers_file.read_text())["answers"] if a.get("active", True)}
     except (ValueError, KeyError, TypeError, AttributeError):
@@ -194,22 +223,34 @@ def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: Pr
             if record.get("question_id") in answers]
 
 
-def _repo_image(info: BenchmarkInfo, folder: str, name: str) -> Image.Image:
-    """`folder/name` in the repo: a loose file, or a member of one of the repo's zips (read in ranges)."""
+def _repo_image(info: BenchmarkInfo, folder: str, name: str):
+    """A loader of `folder/name` in the repo: a loose file, or a member of one of the repo's zips (read in ranges).
+    That it exists is checked now, before anything is generated; it is read when its batch is built."""
     path = f"{folder}/{name}"
     files = _repo_files(info)
     if path in files:
-        with _open(info, path) as file:
-            return _loaded(file.read(), f"{info.repo} {path}")
-    for archive in (f for f in files if f.endswith(".zip")):
-        try:
-            members = {m for m in _zip(info, archive).namelist() if m.endswith(path)}
-        except zipfile.BadZipFile:
-            raise ValueError(f"{info.repo}@{info.revision[:8]} {archive}: not a zip archive") from None
-        if members:
-            return _loaded(_zip(info, archive).read(min(members, key=len)), f"{info.repo} {archive}/{path}")
+        return functools.partial(_hub_image, info, path, None)
+    for archive in sorted(f for f in files if f.endswith(".zip")):
+        member = _zip_members(info, archive).get(path)
+        if member:
+            return functools.partial(_hub_image, info, archive, member)
     raise ValueError(f"{info.repo}@{info.revision[:8]}: no image {path}, loose or in a zip (the preset's layout); "
                      "give a folder of the images with --images DIR")
+
+
+@functools.lru_cache(maxsize=16)
+def _zip_members(info: BenchmarkInfo, archive: str) -> dict[str, str]:
+    """A zip's members by every path they end with at a folder boundary: `a/b/c.png` answers `b/c.png` and `c.png`."""
+    try:
+        names = _zip(info, archive).namelist()
+    except zipfile.BadZipFile:
+        raise ValueError(f"{info.repo}@{info.revision[:8]} {archive}: not a zip archive") from None
+    members = {}
+    for name in sorted(names, key=len, reverse=True):  # the shortest path wins a suffix both end with
+        parts = name.split("/")
+        for start in range(len(parts)):
+            members["/".join(parts[start:])] = name
+    return members
 
 
 @functools.lru_cache(maxsize=16)
@@ -219,21 +260,33 @@ def _repo_files(info: BenchmarkInfo) -> frozenset[str]:
     return frozenset(HfApi().list_repo_files(info.repo, repo_type="dataset", revision=info.revision))
 
 
-def _local_images(folder: str):
-    """Images by file name under `folder` (any depth; the benchmarks' archives nest them differently)."""
+@functools.lru_cache(maxsize=4)
+def _local_files(folder: str) -> dict[str, list[Path]]:
+    """The files under `folder` (any depth: the benchmarks' archives nest them differently) by name and by stem."""
     root = Path(folder)
     if not root.is_dir():
         raise ValueError(f"--images {folder}: no such folder")
-    files = [path for path in root.rglob("*") if path.is_file()]
-    names, stems = {path.name: path for path in files}, {path.stem: path for path in files}
+    index = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file():
+            for key in {path.name, path.stem}:
+                index.setdefault(key, []).append(path)
+    return index
 
-    def find(name: str) -> Image.Image:
-        # By stem too: AID's JSONL says .png for its .jpg files; GeoChat's region ids have no extension.
-        path = names.get(Path(name).name) or stems.get(Path(name).stem)
-        if path is None:
-            raise ValueError(f"--images {folder}: no image {name}")
-        return _loaded(path.read_bytes(), str(path))
-    return find
+
+def _local_file(folder: str, name: str, under: str = "") -> Path:
+    """The file `name` under `folder`, by stem too (AID's JSONL says .png for its .jpg files; GeoChat's region ids
+    have no extension). Of several, those in a folder named `under` (RSVQA's LR and HR images are both 0.tif ...);
+    still several is an error, never a guess."""
+    found = _local_files(folder).get(Path(name).name) or _local_files(folder).get(Path(name).stem) or []
+    if len(found) > 1 and under:
+        found = [path for path in found if under in path.parent.parts] or found
+    if not found:
+        raise ValueError(f"--images {folder}: no file {name}")
+    if len(found) > 1:
+        raise ValueError(f"--images {folder}: {name} is {found[0]} and {found[1]}; give a folder holding one "
+                         "benchmark's images")
+    return found[0]
 
 
 def _loaded(data: bytes, where: str) -> Image.Image:
@@ -249,7 +302,7 @@ def _arrow_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None, seed: 
     """An EarthDial `save_to_disk` folder, streamed: its arrow files are read only as far as the sample needs."""
     from datasets import load_dataset
 
-    files = sorted(f for f in _repo_files(info) if f.startswith(task.annotations + "/") and f.endswith(".arrow"))
+    files = sorted(f for f in _repo_files(info) if fnmatch.fnmatch(f, task.annotations + "/*.arrow"))
     if not files:
         raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} has no arrow files under "
                          f"{task.annotations} (the preset's layout)")
@@ -259,6 +312,9 @@ def _arrow_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None, seed: 
     rows = []
     for position, example in enumerate(examples):
         if task.question in example:  # EarthDial's prompts hold its image tag and escaped newlines
-            example[task.question] = example[task.question].replace("<image>", "").replace("\\n", "\n").strip()
+            question = example[task.question]
+            for old, new in task.rewrites:
+                question = question.replace(old, new)
+            example[task.question] = question.replace("<image>", "").replace("\\n", "\n").strip()
         rows.append(_row(task, example, position, None))
     return rows

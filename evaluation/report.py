@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dataset_scripts.tasks import parse_detection_answer
+from evaluation.benchmarks import as_image
 
 HEADLINE = {"counting": "accuracy", "localization": "acc@100", "classification": "accuracy", "detection": "f1@0.5",
             "caption": "cider", "vqa": "accuracy", "landcover": "accuracy"}
@@ -80,7 +81,7 @@ def detection_overlays(rows, predictions, path: Path, count: int = 4) -> None:
 
     figure, axes = plt.subplots(1, len(examples), figsize=(3 * len(examples), 3.6), squeeze=False)
     for axis, (row, prediction) in zip(axes[0], examples):
-        axis.imshow(row["image"])
+        axis.imshow(as_image(row["image"]))
         for text, colour in ((row["messages"][-1]["content"], "lime"), (prediction, "red")):
             for box in parse_detection_answer(text) or []:
                 x1, y1, x2, y2 = box["bbox_2d"]

@@ -63,7 +63,6 @@ def geochat(folder: Path, images: Path) -> str:
     folder of their images (nested, as the originals' archives are) with RSVQA's answer files."""
     folder.mkdir(parents=True)
     (images / "AID" / "Images").mkdir(parents=True)
-    (images / "Data").mkdir()
     lines = lambda records: "".join(json.dumps(r) + "\n" for r in records)  # noqa: E731
     classes = "Classes: " + ", ".join(SCENES) + "\n"
     for name in ("aid", "UCmerced"):
@@ -73,14 +72,17 @@ def geochat(folder: Path, images: Path) -> str:
         for n in range(6):  # AID's files are .jpg where its JSONL says .png
             suffix = "jpg" if name == "aid" else "png"
             random_image(n, 56, 56).save(images / "AID" / "Images" / f"{name}_{n}.{suffix}")
-    for name, answers_file in (("lrben", "LR_split_test_answers.json"), ("hrben", "USGS_split_test_phili_answers.json")):
-        records = [{"question_id": n, "image": f"{name}_{n}.tif", "category": "presence",
+    for name, answers_file, subfolder in (("lrben", "LR_split_test_answers.json", "Images_LR"),
+                                          ("hrben", "USGS_split_test_phili_answers.json", "Data")):
+        # RSVQA names the images of both sets 0.tif, 1.tif ...: only their folders tell them apart.
+        records = [{"question_id": n, "image": f"{n}.tif", "category": "presence",
                     "text": "Is there a road?\nAnswer the question using a single word or phrase."} for n in range(6)]
         (folder / f"{name}.jsonl").write_text(lines(records))
         answers = [{"id": n, "question_id": n, "answer": "yes" if n % 2 else "no", "active": n != 5} for n in range(6)]
         (images / answers_file).write_text(json.dumps({"answers": answers}))
+        (images / subfolder).mkdir()
         for n in range(6):
-            random_image(n, 56, 56).save(images / "Data" / f"{name}_{n}.tif")
+            random_image(n, 56, 56).save(images / subfolder / f"{n}.tif")
     records = [{"question_id": n, "image_id": f"P{n:04d}", "question": "{<10><20><30><40>|<0>}",
                 "ground_truth": f"a small white ship {n}", "type": "region"} for n in range(6)]
     (folder / "region_captioning.jsonl").write_text(lines(records))
@@ -96,7 +98,7 @@ def earthdial(folder: Path) -> str:
     features = datasets.Features({"jpg": datasets.Image(), "question": datasets.Value("string"),
                                   "groundtruth": datasets.Value("string"), "__key__": datasets.Value("string")})
     detection = {"jpg": [random_image(n, 56, 56) for n in range(6)],
-                 "question": ["[refer] [s1_vh_1] <image> \\n Give me the location of <ref>all ships</ref>"] * 6,
+                 "question": [" [refer] [s1_vh_1] <image> \\n <ref>all ships</ref>"] * 6,  # as stored
                  "groundtruth": [f"[[{10 + n}, 20, {40 + n}, 50, 0]]" for n in range(6)],
                  "__key__": [f"ship_{n}" for n in range(6)]}
     datasets.Dataset.from_dict(detection, features=features).save_to_disk(
@@ -104,5 +106,5 @@ def earthdial(folder: Path) -> str:
     captions = {**detection, "question": ["[identify] [s1_vh_1] <image> \\n {<10><20><40><50>|<0>}"] * 6,
                 "groundtruth": [f"a large cargo ship {n} at the pier" for n in range(6)]}
     datasets.Dataset.from_dict(captions, features=features).save_to_disk(
-        root / "Region_captioning" / "SRSDD_V1_0_test")
+        root / "Region_captioning" / "SRSDD_V1_0_region_captioning_test")  # (or SRSDD_V1_0_test: both are read)
     return upload(folder, "akshaydudhane/EarthDial-Dataset", "---\nlicense: apache-2.0\n---\n# EarthDial (replica)\n")

@@ -123,3 +123,31 @@ def test_an_unreachable_hub_or_an_unknown_metric_is_one_line(checkpoints, tmp_pa
     assert "cannot reach the Hub" in done.stderr
     done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--metric", "bleu")
     assert done.returncode == 2 and "invalid choice: 'bleu'" in done.stderr
+
+
+def test_a_flag_that_would_be_ignored_is_refused(checkpoints, tmp_path):
+    fusar, _ = checkpoints
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m", "--metric", "caption", "--split", "train")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "--metric, --split: not used here (--benchmark sarlang-1m is a preset: it reads its own files and scores " \
+           "by its authors' rules)" in done.stderr
+    done = fusar_eval(fusar, "--dataset", tmp_path, "--images", tmp_path, "--question-column", "q")
+    assert done.returncode == 2 and "--question-column, --images: not used here (it is for --benchmark)" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--prompt", "Why?")
+    assert done.returncode == 2 and "--prompt: not used here (every row asks its --question-column)" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", REPO, *MAPPING, "--stage1", fusar)
+    assert done.returncode == 2 and f"--benchmark {REPO}: --stage1 is for a triplet dataset with anchors" in done.stderr
+
+
+def test_a_sample_of_a_split_in_one_file_draws_from_all_of_it(local_hub, tmp_path):
+    from evaluation.benchmarks import ColumnMapping, benchmark_info, benchmark_rows
+
+    folder = tmp_path / "one-file" / "data"
+    folder.mkdir(parents=True)
+    table = datasets.Dataset.from_dict({"image": [random_image(0, 8, 8)] * 400, "answer": [str(n) for n in range(400)]})
+    table.cast_column("image", datasets.Image()).to_parquet(folder / "test-00000-of-00001.parquet", batch_size=20)
+    HfApi().create_repo("sar-lab/one-file", repo_type="dataset")
+    HfApi().upload_folder(folder_path=str(folder.parent), repo_id="sar-lab/one-file", repo_type="dataset")
+    drawn = benchmark_rows(benchmark_info("sar-lab/one-file"), ColumnMapping("image", "answer"), limit=2, seed=0)
+    # 20 row groups in a seeded order: the 16 examples drawn from are not simply the file's first 16.
+    assert any(int(row["messages"][1]["content"]) >= 16 for row in drawn)

@@ -42,14 +42,29 @@ def test_each_preset_metric_is_its_authors_rule_computed_by_hand():
     # Region captions: ROUGE-1 / ROUGE-L F. "a ship" vs "a small ship": P 2/2, R 2/3, F 0.8; nothing vs "x": 0.
     scores = metric("region_caption").compute(predictions=["a ship", ""], references=["a small ship", "x"])
     assert scores["rouge1"] == pytest.approx(0.4) and scores["rouge_l"] == pytest.approx(0.4)
-    # EarthDial boxes (0-100, angle in degrees, rotated about the centre), IoU >= 0.5:
-    # 10x10 in 10x20: IoU 0.5, a hit; a square turned 90 degrees is itself: a hit; a 20x10 box turned 90 degrees
-    # overlaps itself unturned by 100 / 300: a miss; an answer without boxes (or with a 400-digit number): unparsable.
+    # EarthDial boxes (0-100, angle in degrees), IoU >= 0.5, not one-to-one: 10x10 in 10x20: IoU 0.5, a hit; a square
+    # turned 90 degrees is itself: a hit; a 20x10 box turned 90 degrees overlaps itself unturned by 100 / 300: a miss;
+    # two predictions of one ship: two hits; a 400-digit coordinate or a 4-number list: counted, never a hit; a
+    # list with a decimal point is not read; no list at all: unparsable.
     scores = metric("rotated_boxes").compute(
-        predictions=["[[0, 0, 10, 10, 0]]", "ship at [[0,0,10,10,90]]", "[[0, 0, 20, 10, 90]]", "[[1" + "0" * 400 + ", 0, 1, 1, 0]]"],
-        references=["[[0, 0, 10, 20, 0]]", "[[0, 0, 10, 10, 0]]", "[[0, 0, 20, 10, 0]]", "[[5, 5, 9, 9, 0]]"])
-    assert scores == {"precision@0.5": pytest.approx(2 / 3), "recall@0.5": 0.5, "unparsable": 1, "examples": 4}
+        predictions=["[[0, 0, 10, 10, 0]]", "ship at [[0,0,10,10,90]]", "[[0, 0, 20, 10, 90]]",
+                     "[[0,0,10,10,0]][[0,0,10,10,0]]", "[[1" + "0" * 400 + ", 0, 1, 1, 0]][[5, 5, 9, 9]]",
+                     "[[0.5, 0, 10, 10, 0]]", "no ships"],
+        references=["[[0, 0, 10, 20, 0]]", "[[0, 0, 10, 10, 0]]", "[[0, 0, 20, 10, 0]]", "[[0, 0, 10, 10, 0]]",
+                    "[[5, 5, 9, 9, 0]]", "[[0, 0, 10, 10, 0]]", "[[5, 5, 9, 9, 0]]"])
+    assert scores == {"precision@0.5": pytest.approx(4 / 7), "unparsable": 2, "examples": 7}
+    # The angle as EarthDial turns it: the centred corners, as row vectors, times the rotation matrix of +angle.
+    import numpy as np
+    from shapely.geometry import Polygon
 
+    from fusar_metrics.rotated_boxes.rotated_boxes import polygon
+
+    angle = np.deg2rad(20)
+    corners = np.array([[-20, -5], [20, -5], [20, 5], [-20, 5]]) @ np.array([[np.cos(angle), -np.sin(angle)],
+                                                                             [np.sin(angle), np.cos(angle)]])
+    theirs = Polygon(corners + [20, 5])
+    assert polygon([0, 0, 40, 10, 20]).symmetric_difference(theirs).area == pytest.approx(0, abs=1e-9)
+    assert polygon([0, 0, 40, 10, 340]).symmetric_difference(theirs).area > 100
 
 def results(folder) -> dict:
     return json.loads((folder / "results.json").read_text())
@@ -93,6 +108,13 @@ def test_a_layout_change_is_one_line_and_the_old_revision_still_reads(checkpoint
            "layout); it has ['Image Name', 'Question', 'Reply']" in done.stderr
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/caption", "--output", tmp_path / "out")
     assert done.returncode == 2 and "has no Text.zip/Text/Caption/test/Caption_test.csv" in done.stderr
+    changed = io.BytesIO()
+    with zipfile.ZipFile(changed, "w") as archive:
+        archive.writestr("Text/VQA/test/SARVQA2_test.csv", "Image Name,Question,Answer\nGone.png,Why?,No\n")
+    HfApi().upload_file(path_or_fileobj=changed.getvalue(), path_in_repo="Text.zip", repo_id="YiminJimmy/SARLANG-1M",
+                        repo_type="dataset")
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--output", tmp_path / "out")
+    assert done.returncode == 2 and "no image SARimages_preprocessed/SARimages/Gone.png, loose or in a zip" in done.stderr
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--revision", commit, "--limit", 1, "--max-new-tokens", 2,
                       "--output", tmp_path / "out")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -126,6 +148,17 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert "aid.jsonl, line 2: not a JSON object" in done.stderr
     assert results(tmp_path / "out") == report  # the earlier results are untouched
+    (images / "AID" / "copy").mkdir()  # a second aid_0 elsewhere: which one is meant is not guessed
+    (images / "AID" / "Images" / "aid_0.jpg").link_to(images / "AID" / "copy" / "aid_0.jpg")
+    HfApi().upload_file(path_or_fileobj=(tmp_path / "geochat" / "UCmerced.jsonl").read_bytes().replace(b"UCmerced_", b"aid_"),
+                        path_in_repo="aid.jsonl", repo_id="MBZUAI/GeoChat-Bench", repo_type="dataset")
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/aid", "--images", images, "--output", tmp_path / "out")
+    assert done.returncode == 2 and "aid_0.png is " in done.stderr and "give a folder holding one benchmark's" in done.stderr
+    answers = images / "LR_split_test_answers.json"
+    unmatched = [{**a, "question_id": f"q{a['question_id']}"} for a in json.loads(answers.read_text())["answers"]]
+    answers.write_text(json.dumps({"answers": unmatched}))  # ids that match none
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--output", tmp_path / "out")
+    assert done.returncode == 2 and "lrben.jsonl has no records with an answer in LR_split_test_answers.json" in done.stderr
 
 
 def test_earthdial_sar_subsets_stream_from_save_to_disk_folders(checkpoints, local_hub, tmp_path):  # noqa: F811
@@ -137,5 +170,8 @@ def test_earthdial_sar_subsets_stream_from_save_to_disk_folders(checkpoints, loc
     metrics = report["metrics"]["no anchors"]
     assert set(metrics) == {"earthdial/ship_dataset_v0", "earthdial/srsdd"}
     assert metrics["earthdial/ship_dataset_v0"]["examples"] == 2 and "precision@0.5" in metrics["earthdial/ship_dataset_v0"]
-    assert all(p["reference"].startswith("[[") for p in report["predictions"] if "ship" in p["task"])
+    ships = [p for p in report["predictions"] if "ship" in p["task"]]
+    assert all(p["reference"].startswith("[[") for p in ships)
+    # EarthDial's detection_test.py prompt: its tags, a newline, "Give me the location of"; no <image> tag.
+    assert {p["question"] for p in ships} == {"[refer] [s1_vh_1]  \n Give me the location of <ref>all ships</ref>"}
     assert "| earthdial/srsdd (rouge_l" in (tmp_path / "out" / "results.md").read_text()

@@ -1,6 +1,7 @@
 """SARLANG-1M's VQA scoring (the authors' Evaluate_VQA.py) without its optional LLM judge: an answer is right when
-the lower-cased reference occurs in the lower-cased prediction (so "1" is found in "10", as theirs is). The judge
-only re-scores the answers this rule calls wrong, so this accuracy is a lower bound of the judged one."""
+the lower-cased reference occurs in the lower-cased prediction (so "1" is found in "10", as theirs is). Their judge
+re-scores only the misses whose reference is not yes, no or a number from 0 to 99, so this accuracy is a lower bound
+of the judged one (equal to it on those questions)."""
 
 import datasets
 import evaluate

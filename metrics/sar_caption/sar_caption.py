@@ -3,7 +3,7 @@ lower case, every character other than a letter, digit or space replaced by a sp
 not computed (it needs a Java runtime). An empty caption is unparsable: scored as empty, and counted.
 
 The configuration "raw" (`evaluate.load(path, "raw")`) is SARLANG-1M's scoring (the authors' Evaluate_caption.py):
-the same scorers on the captions as written, split on spaces only, case and punctuation kept."""
+the same scorers on the captions exactly as written, case, punctuation and spacing kept."""
 
 import re
 
@@ -29,11 +29,11 @@ class SarCaption(evaluate.Metric):
         if not references:
             return {"examples": 0}
         # pycocoevalcap needs a token per caption: an empty prediction is scored as a single unknown token
-        split = (lambda text: " ".join((text or "").split())) if self.config_name == "raw" else tokens
+        split = (lambda text: text or "") if self.config_name == "raw" else tokens
         results = {i: [split(p) or "<empty>"] for i, p in enumerate(predictions)}
         truths = {i: [split(r)] for i, r in enumerate(references)}
         bleu, _ = Bleu(4).compute_score(truths, results, verbose=0)
         rouge, _ = Rouge().compute_score(truths, results)
         cider, _ = Cider().compute_score(truths, results)
         return {**{f"bleu{n}": float(bleu[n - 1]) for n in range(1, 5)}, "rouge_l": float(rouge), "cider": float(cider),
-                "unparsable": sum(not split(p) for p in predictions), "examples": len(references)}
+                "unparsable": sum(not split(p).strip() for p in predictions), "examples": len(references)}
