@@ -2,6 +2,7 @@
 
     fusar-eval outputs/main/fusar-tiny --dataset outputs/main/data --output outputs/eval
     fusar-eval CHECKPOINT --manifest authors/manifest.jsonl --base Qwen/Qwen2.5-VL-7B-Instruct --stage1 STAGE1_CKPT
+    fusar-eval CHECKPOINT --benchmark sarlang-1m --base Qwen/Qwen2.5-VL-7B-Instruct     (a public benchmark)
 
 Batched greedy generation (left padding, KV cache); predictions are cached per example in
 `<output>/predictions/<variant>.jsonl`, so an interrupted evaluation resumes where it stopped. Metrics are the local
@@ -370,7 +371,8 @@ def main(argv=None):
     parser.add_argument("--stage1", help="also evaluate this stage-1 checkpoint")
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
-    parser.add_argument("--limit", type=positive_int, help="evaluate N rows drawn at random (with --seed)")
+    parser.add_argument("--limit", type=positive_int, help="evaluate N rows drawn at random (with --seed); of a "
+                                                           "preset, N per task")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw")
     parser.add_argument("--card", action="store_true", help="write the results into the checkpoint's model card "
                                                             "(model-index); evaluate the whole held-out split for that")
