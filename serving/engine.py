@@ -87,6 +87,20 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         self.pending.put(job)
+        if not self.worker.is_alive():  # it stopped after the caller looked: nobody would answer the queue
+            self._fail(self._drained())
+
+    def _drained(self) -> list[Job]:
+        jobs = []
+        with contextlib.suppress(queue.Empty):
+            while True:
+                jobs.append(self.pending.get_nowait())
+        return [job for job in jobs if job is not None]
+
+    @staticmethod
+    def _fail(jobs: list[Job]) -> None:
+        for job in jobs:  # a stopped worker never leaves a request waiting
+            job.emit(("error", "the model's worker has stopped; restart the server"))
 
     def close(self) -> None:
         self.pending.put(None)
@@ -120,6 +134,13 @@ class Engine:
         return job.match is not None
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            held, self.held = self.held, []
+            self._fail(held + self._drained())
+
+    def _serve(self) -> None:
         while (batch := self._next_batch()) is not None:
             batch = [job for job in batch if not job.cancelled]
             if not batch:

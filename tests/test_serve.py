@@ -314,3 +314,9 @@ def test_a_stopped_worker_is_a_503_and_an_unhealthy_server_not_a_hung_request(ch
     reply = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
     assert reply.status_code == 503 and reply.json()["error"]["code"] == "engine_stopped"
     assert client.get("/health").status_code == 503
+    # A request that got past that check just as the worker stopped is answered with an error, not left waiting.
+    from serving.engine import Job, Sampling
+
+    events = []
+    engine.submit(Job({}, Sampling(), 4, events.append))
+    assert events == [("error", "the model's worker has stopped; restart the server")]
