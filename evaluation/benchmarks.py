@@ -75,6 +75,7 @@ def _license(repo: str, info) -> str | None:
 
 def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | None = None, seed: int = 0) -> list[dict]:
     """The rows `fusar-eval` scores: all of the split, or `limit` of them drawn with `seed` (see `sampled`)."""
+    from datasets import Image as Image_
     from datasets import load_dataset
 
     if mapping.metric not in METRICS:
@@ -87,6 +88,9 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
     for flag, column in wanted.items():
         if column is not None and column not in columns:
             raise ValueError(f"{info.repo} ({mapping.split} split): no column {column!r} ({flag}); it has {columns}")
+    if stream.features and isinstance(stream.features[mapping.image], Image_):
+        # Kept as bytes, opened lazily (header only): a split's decoded pixels would not fit in memory.
+        stream = stream.cast_column(mapping.image, Image_(decode=False))
     examples = sampled(stream, limit, seed) if limit else stream
     task, metric = METRICS[mapping.metric]
     return [benchmark_row(info, mapping, task, position, example) | {"metric": metric}
@@ -125,7 +129,7 @@ def benchmark_row(info: BenchmarkInfo, mapping: ColumnMapping, task: str, positi
 
 def as_image(image) -> Image.Image:
     """A row's image: a preset's rows hold loaders, read when their batch is built (a benchmark's split decoded at
-    once would not fit in memory)."""
+    once would not fit in memory); a column-mapped dataset's, images opened lazily."""
     return image() if callable(image) else image
 
 
