@@ -300,6 +300,11 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
         results[variant] = task_metrics(rows, predictions[variant])
     reference = plan[0][0]
     table = markdown_table(results, reference)
+    if info:  # what a paper cites beside the table
+        sample = f"{limit} drawn per task with seed {seed}" if limit and preset_tasks(benchmark) else \
+            f"{limit} drawn with seed {seed}" if limit else "all"
+        table += (f"\n\n{benchmark}: {info.repo} at {info.revision[:12]}, licence {info.license or 'not stated'}; "
+                  f"{len(rows)} examples ({sample}), without anchors.")
     (output / "results.md").write_text(table + "\n")
     report = {"config": {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "manifest": manifest,
                          "base": base, "stage1": stage1, "batch_size": batch_size, "max_new_tokens": max_new_tokens,

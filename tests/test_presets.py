@@ -92,6 +92,8 @@ def test_sarlang_is_read_in_ranges_and_scored_with_the_authors_rules(checkpoints
     assert {"bleu4", "rouge_l", "cider"} <= set(report["metrics"]["base model"]["sarlang-1m/caption"])
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| sarlang-1m/caption (cider" in table and "| sarlang-1m/vqa (accuracy" in table
+    assert f"sarlang-1m: YiminJimmy/SARLANG-1M at {commit[:12]}, licence not stated; 4 examples (2 drawn per task " \
+           "with seed 0), without anchors." in table
 
 
 def test_a_layout_change_is_one_line_and_the_old_revision_still_reads(checkpoints, local_hub, tmp_path):  # noqa: F811
