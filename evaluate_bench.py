@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from command_line import command, local_or_hub_id, positive_int
 from dataset_scripts.schema import row_anchors
-from evaluation.benchmarks import DEFAULT_PROMPT, METRICS, ColumnMapping, as_image, benchmark_info, benchmark_rows
+from evaluation.benchmarks import (DEFAULT_PROMPT, METRICS, ColumnMapping, as_image, benchmark_info, benchmark_rows,
+                                   sample)
 from evaluation.presets import preset_rows, preset_tasks
 from processing.anchors import collate_anchor_sets
 
@@ -168,13 +169,14 @@ def loaded(load, source):
 
 
 def benchmark_source(benchmark: str, mapping, revision, limit, seed, images):
-    """(rows, BenchmarkInfo, split) of a public benchmark: a preset's tasks, or a Hub dataset read through `mapping`."""
+    """(rows, BenchmarkInfo, split, the mapping read through) of a public benchmark: a Hub dataset read through
+    `mapping`, or a preset's tasks (which read their own columns: no mapping)."""
     tasks = preset_tasks(benchmark)
     if not tasks:
         info = benchmark_info(benchmark, revision)
-        return benchmark_rows(info, mapping, limit, seed), info, mapping.split
+        return benchmark_rows(info, mapping, limit, seed), info, mapping.split, mapping
     info = benchmark_info(tasks[0].repo, revision)  # a preset's tasks share one repo
-    return [row for task in tasks for row in preset_rows(task, info, limit, seed, images)], info, "test"
+    return [row for task in tasks for row in preset_rows(task, info, limit, seed, images)], info, "test", None
 
 
 def benchmark_setting(rows, mapping, limit, seed, images) -> dict:
@@ -209,14 +211,6 @@ def weights_identity(source, model) -> str:
                        if p.is_file() and p.name != "README.md")
         return hashlib.sha1(json.dumps(files).encode()).hexdigest()
     return f"{source}@{getattr(model.config, '_commit_hash', None)}"
-
-
-def sample(count: int, limit: int | None, seed: int) -> list[int]:
-    """`limit` of `count` row indexes drawn with `seed`, in order (all of them without a limit): the first N rows of
-    a dataset are often one task or one class."""
-    if not limit or limit >= count:
-        return list(range(count))
-    return sorted(random.Random(seed).sample(range(count), limit))
 
 
 def load_rows(dataset: str | None, split: str, manifest: str | None, limit: int | None, seed: int = 0) -> list[dict]:
@@ -267,8 +261,7 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
         if stage1 or update_card:  # a stage-1 model reads anchors; a card's results are the held-out split's
             raise ValueError(f"--benchmark {benchmark}: {'--stage1' if stage1 else '--card'} is for a triplet "
                              "dataset with anchors, not a public benchmark")
-        rows, info, split = benchmark_source(benchmark, mapping, revision, limit, seed, images)
-        mapping = None if preset_tasks(benchmark) else mapping  # a preset reads its own columns
+        rows, info, split, mapping = benchmark_source(benchmark, mapping, revision, limit, seed, images)
         variants, dataset = ("no anchors",), f"{benchmark}@{info.revision}"
     else:
         rows = load_rows(dataset, split, manifest, limit, seed)
@@ -301,10 +294,9 @@ def evaluate_checkpoint(checkpoint, dataset=None, split="test", manifest=None, o
     reference = plan[0][0]
     table = markdown_table(results, reference)
     if info:  # what a paper cites beside the table
-        sample = f"{limit} drawn per task with seed {seed}" if limit and preset_tasks(benchmark) else \
-            f"{limit} drawn with seed {seed}" if limit else "all"
+        drawn = f"{limit} drawn{' per task' if mapping is None else ''} with seed {seed}" if limit else "all"
         table += (f"\n\n{benchmark}: {info.repo} at {info.revision[:12]}, licence {info.license or 'not stated'}; "
-                  f"{len(rows)} examples ({sample}), without anchors.")
+                  f"{len(rows)} examples ({drawn}), without anchors.")
     (output / "results.md").write_text(table + "\n")
     report = {"config": {"checkpoint": str(checkpoint), "dataset": dataset, "split": split, "manifest": manifest,
                          "base": base, "stage1": stage1, "batch_size": batch_size, "max_new_tokens": max_new_tokens,

@@ -97,6 +97,14 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
             for position, example in enumerate(examples)]
 
 
+def sample(count: int, limit: int | None, seed: int) -> list[int]:
+    """`limit` of `count` row indexes drawn with `seed`, in order (all of them without a limit): the first N rows of
+    a dataset are often one task or one class."""
+    if not limit or limit >= count:
+        return list(range(count))
+    return sorted(random.Random(seed).sample(range(count), limit))
+
+
 def sampled(stream, limit: int, seed: int) -> list[dict]:
     """`limit` examples drawn with `seed` from the first `SAMPLE_POOL` x `limit` examples of the stream's shards
     (files, or their parquet row groups) taken in a seeded random order: the shards past those are never opened.

@@ -85,12 +85,10 @@ class FusarGPT(lmms):
             inputs.update(collate_anchor_sets(list(anchors), list(years)))
         return inputs.to(self.model.device)
 
-    def _prompt(self, context: str, answer: str | None = None) -> str:
+    def _prompt(self, context: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"},
                                                  {"type": "text", "text": context.replace("<image>", "").strip()}]}]
-        if answer is not None:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
-        return self.processor.apply_chat_template(messages, add_generation_prompt=answer is None)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True)
 
     # -- lmms-eval's interface
 

@@ -18,7 +18,6 @@ import fnmatch
 import functools
 import io
 import json
-import random
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from evaluation.benchmarks import BenchmarkInfo, sampled
+from evaluation.benchmarks import BenchmarkInfo, sample, sampled
 
 HUB_BLOCK = 256 * 1024  # bytes read per request from a file on the Hub
 
@@ -122,11 +121,9 @@ def preset_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None = None,
     if not records:
         raise ValueError(f"--benchmark {task.name}: {info.repo}@{info.revision[:8]} {task.annotations} has no "
                          "records" + (f" with an answer in {task.answers_file}" if task.answers_file else ""))
-    picked = sorted(random.Random(seed).sample(range(len(records)), limit)) if limit and limit < len(records) \
-        else range(len(records))
     find = functools.partial(_folder_image, images, task.local_folder) if images else \
         functools.partial(_repo_image, info, task.images)
-    return [_row(task, records[i], i, find) for i in picked]
+    return [_row(task, records[i], i, find) for i in sample(len(records), limit, seed)]
 
 
 def _folder_image(folder: str, under: str, name: str):

@@ -96,25 +96,26 @@ def test_sarlang_is_read_in_ranges_and_scored_with_the_authors_rules(checkpoints
            "with seed 0), without anchors." in table
 
 
+def replace_text_zip(vqa_csv: str) -> None:
+    """A new commit of the SARLANG replica whose Text.zip holds only this VQA CSV."""
+    changed = io.BytesIO()
+    with zipfile.ZipFile(changed, "w") as archive:
+        archive.writestr("Text/VQA/test/SARVQA2_test.csv", vqa_csv)
+    HfApi().upload_file(path_or_fileobj=changed.getvalue(), path_in_repo="Text.zip", repo_id="YiminJimmy/SARLANG-1M",
+                        repo_type="dataset")
+
+
 def test_a_layout_change_is_one_line_and_the_old_revision_still_reads(checkpoints, local_hub, tmp_path):  # noqa: F811
     fusar, _ = checkpoints
     commit = benchmark_replicas.sarlang(tmp_path / "sarlang", images=4)
-    changed = io.BytesIO()
-    with zipfile.ZipFile(changed, "w") as archive:
-        archive.writestr("Text/VQA/test/SARVQA2_test.csv", "Image Name,Question,Reply\nFrance_Nice_0.png,Why?,No\n")
-    HfApi().upload_file(path_or_fileobj=changed.getvalue(), path_in_repo="Text.zip", repo_id="YiminJimmy/SARLANG-1M",
-                        repo_type="dataset")
+    replace_text_zip("Image Name,Question,Reply\nFrance_Nice_0.png,Why?,No\n")
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--output", tmp_path / "out")
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "Text.zip/Text/VQA/test/SARVQA2_test.csv, record 0: no field 'Answer' (the sarlang-1m/vqa preset's " \
            "layout); it has ['Image Name', 'Question', 'Reply']" in done.stderr
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/caption", "--output", tmp_path / "out")
     assert done.returncode == 2 and "has no Text.zip/Text/Caption/test/Caption_test.csv" in done.stderr
-    changed = io.BytesIO()
-    with zipfile.ZipFile(changed, "w") as archive:
-        archive.writestr("Text/VQA/test/SARVQA2_test.csv", "Image Name,Question,Answer\nGone.png,Why?,No\n")
-    HfApi().upload_file(path_or_fileobj=changed.getvalue(), path_in_repo="Text.zip", repo_id="YiminJimmy/SARLANG-1M",
-                        repo_type="dataset")
+    replace_text_zip("Image Name,Question,Answer\nGone.png,Why?,No\n")
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--output", tmp_path / "out")
     assert done.returncode == 2 and "no image SARimages_preprocessed/SARimages/Gone.png, loose or in a zip" in done.stderr
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--revision", commit, "--limit", 1, "--max-new-tokens", 2,
