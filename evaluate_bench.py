@@ -13,6 +13,8 @@ anchors as given; anchors removed; anchors shuffled across scenes; the base mode
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import argparse
 import hashlib
 import io

@@ -7,6 +7,8 @@ the checkpoint) -> results tables, the checkpoints and the reports.
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import argparse
 import contextlib
 import json

@@ -8,6 +8,8 @@ folder is uploaded with its card; the Space gets the packages its app imports be
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import argparse
 from importlib import resources
 from pathlib import Path

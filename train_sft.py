@@ -11,6 +11,8 @@ with the anchor module frozen, starting from stage 1's result.
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import dataclasses
 import gc
 import json

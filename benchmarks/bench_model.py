@@ -25,13 +25,13 @@ from modeling_fusar.tiny import tiny_qwen2_5_vl, train_tokenizer
 from processing import FusarProcessor
 
 
-def interleaved(fns: dict, repeats: int) -> dict:
+def interleaved(fns: dict, repeats: int, warmup: int = 2) -> dict:
     """Median seconds of each function, run alternately so that machine noise hits all of them alike (on a GPU,
-    each timing waits for the GPU to finish)."""
+    each timing waits for the GPU to finish), after `warmup` untimed calls of each."""
     synchronise = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     for fn in fns.values():
-        fn()
-        fn()
+        for _ in range(warmup):
+            fn()
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

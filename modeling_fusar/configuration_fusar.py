@@ -67,13 +67,37 @@ class FusarConfig(PreTrainedConfig):
 
     # Where transformers looks for a composite model's parts (`get_text_config()`, the common tests, generation, PEFT,
     # TRL): the base model's own sub-configs, the same objects, so library code never needs to know the wrapper exists.
+    # Set one (`config.text_config = ...`, or `from_pretrained(..., text_config={"vocab_size": 20})`) and it is set in
+    # the base's config, which is what is saved.
     @property
     def text_config(self) -> PreTrainedConfig:
         return self.base_config.get_text_config()
 
+    @text_config.setter
+    def text_config(self, value: PreTrainedConfig | dict):
+        text = self.base_config.get_text_config()
+        name = next((key for key in self.base_config.sub_configs if getattr(self.base_config, key, None) is text),
+                    "text_config")
+        self._set_base_part(name, value)
+
     @property
     def vision_config(self) -> PreTrainedConfig | None:
         return getattr(self.base_config, "vision_config", None)
+
+    @vision_config.setter
+    def vision_config(self, value: PreTrainedConfig | dict):
+        self._set_base_part("vision_config", value)
+
+    def _set_base_part(self, name: str, value: PreTrainedConfig | dict):
+        current = getattr(self.base_config, name, None)
+        if isinstance(value, dict):  # as transformers' composite configs take a sub-config: its class, these fields
+            if not isinstance(current, PreTrainedConfig):
+                raise ValueError(f"FusarConfig.{name}: the base ({self.base_config.model_type}) has no {name} to "
+                                 "build from a dict; pass a config object")
+            value = type(current)(**value)
+        if not isinstance(value, PreTrainedConfig):
+            raise ValueError(f"FusarConfig.{name} must be a config or a dict of its fields, got {type(value).__name__}")
+        setattr(self.base_config, name, value)
 
     @property
     def hidden_size(self) -> int:

@@ -9,6 +9,8 @@ Their release is a PEFT LoRA adapter on Qwen2.5-VL-7B-Instruct plus a TLM folder
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import argparse
 import json
 import math

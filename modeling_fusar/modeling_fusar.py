@@ -19,6 +19,7 @@ from transformers import initialization as init
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.utils import TransformersKwargs
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
 from .anchor_modulation import AnchorModulation, check_anchor_inputs
@@ -262,6 +263,7 @@ class FusarForConditionalGeneration(FusarPreTrainedModel, GenerationMixin):
             **kwargs,
         )
 
+    @deprecate_kwarg("past_key_values", "6.0.0", new_name="cache")  # the base's own rename, warned at the caller's line
     @torch.no_grad()
     def generate(self, inputs=None, generation_config=None, **kwargs):
         """The base model's `generate`, with the images encoded once per call and modulated by the anchors."""

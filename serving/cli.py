@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
+
 import argparse
 from pathlib import Path
 

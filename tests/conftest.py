@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hub_kernels  # noqa: F401  (the test processes too look up no Hub kernel: see hub_kernels.py)
+
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,10 @@ from modeling_fusar import FusarForConditionalGeneration
 from modeling_fusar.tiny import tiny_llava, tiny_qwen2_5_vl, train_tokenizer
 from processing import FusarProcessor
 from hub_fixture import local_hub  # noqa: F401  (a fixture for every test module)
+
+# The console scripts beside this interpreter come first, as in the activated environment the README's shell commands
+# assume (`.venv/bin/python -m pytest` without activating it would otherwise run none, or other ones).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 SHARED_DATA = Path(os.environ.get("FUSAR_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 BACKBONES = {"qwen2_5_vl": tiny_qwen2_5_vl, "llava": tiny_llava}

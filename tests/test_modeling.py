@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import pipeline
 
 from conftest import BACKBONES, PROMPT, build, model_inputs, random_anchors, random_image
-from modeling_fusar import FusarForConditionalGeneration
+from modeling_fusar import FusarConfig, FusarForConditionalGeneration
 from processing import FusarProcessor
 
 pytestmark = pytest.mark.parametrize("family", list(BACKBONES))
@@ -282,3 +282,20 @@ def test_a_base_model_folder_loads_as_a_fresh_fusar_model(tokenizers, family, tm
     inputs = model_inputs(processor, [random_image(0)], anchors=[random_anchors(0, 4)])
     with torch.no_grad():
         torch.testing.assert_close(loaded.eval()(**inputs).logits, model(**inputs).logits)
+
+
+def test_the_base_models_sub_configs_are_settable_saved_and_loaded(tokenizers, family, tmp_path):
+    """`FusarConfig` as transformers' composite configs: its text and vision parts set by keyword, by attribute or by
+    `from_pretrained`'s override land in the base's config, which is what is saved and loaded."""
+    config = build(tokenizers, family)[0].config
+    kwargs = FusarConfig(base_config=config.base_config.to_dict(), text_config={"vocab_size": 301})
+    assert kwargs.text_config.vocab_size == kwargs.base_config.text_config.vocab_size == 301
+    assert type(kwargs.text_config) is type(config.text_config)
+    config.vision_config = type(config.vision_config)(**{**config.vision_config.to_dict(), "hidden_act": "gelu"})
+    config.save_pretrained(tmp_path)
+    loaded = FusarConfig.from_pretrained(tmp_path, text_config={"vocab_size": 20})
+    assert loaded.vision_config.hidden_act == "gelu"
+    assert loaded.text_config.vocab_size == 20
+    assert loaded.text_config.hidden_size == config.text_config.hidden_size  # only the field asked for changed
+    with pytest.raises(ValueError, match="FusarConfig.text_config must be a config or a dict"):
+        config.text_config = 5

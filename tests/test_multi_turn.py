@@ -21,10 +21,17 @@ def test_generation_continued_from_the_cache_equals_one_call_with_the_anchors_gi
     extra = {"image_grid_thw": inputs["image_grid_thw"]} if "image_grid_thw" in inputs else {}
     # The images are in the cache, encoded with their anchors: the anchors come again (as a caller keeping its inputs
     # sends them), no pixel_values do, and nothing is encoded twice.
-    continued = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+    continued = model.generate(input_ids=first.sequences, attention_mask=mask, cache=first.past_key_values,
                                max_new_tokens=1, **anchors, **extra, **GREEDY)
     assert torch.equal(continued.sequences, whole.sequences)
     torch.testing.assert_close(torch.stack([*first.scores, *continued.scores]), torch.stack(whole.scores))
+    # transformers' deprecated name still works, and its warning points at the caller's line, not at FUSAR-GPT's.
+    first = model.generate(**inputs, max_new_tokens=3, **GREEDY)
+    with pytest.warns(FutureWarning, match="past_key_values") as caught:
+        again = model.generate(input_ids=first.sequences, attention_mask=mask, past_key_values=first.past_key_values,
+                               max_new_tokens=1, **anchors, **extra, **GREEDY)
+    assert [warning.filename for warning in caught] == [__file__]
+    assert torch.equal(again.sequences, whole.sequences)
 
 
 def test_anchors_without_images_or_a_cache_are_still_refused(tokenizers):

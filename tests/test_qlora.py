@@ -1,9 +1,13 @@
 """QLoRA through `fusar-train`, on CPU (bitsandbytes >= 0.47 runs 4-bit there): which modules end up 4-bit, both
 stages run, and the saved model is the full-precision base plus the trained LoRA, never merged into 4-bit weights."""
 
+import contextlib
 import json
+import os
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -132,3 +136,37 @@ def test_the_memory_benchmark_runs_its_dry_mode(base_and_data):
                             text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| QLoRA (`--load_in_4bit true --use_peft true`) | n/a (CPU) |" in result.stdout
+
+
+def connections_while(command: list[str], env: dict) -> tuple[int, subprocess.CompletedProcess]:
+    """(How many connections `command` opened to the Hub it was given, its result): HF_ENDPOINT is a socket that
+    counts who knocks and hangs up on them."""
+    knocks = []
+    with socket.create_server(("127.0.0.1", 0)) as hub:
+        def count():
+            with contextlib.suppress(OSError):  # closed when the command is done
+                while True:
+                    hub.accept()[0].close()
+                    knocks.append(1)
+
+        threading.Thread(target=count, daemon=True).start()
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                env={**env, "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}"})
+    return len(knocks), result
+
+
+def test_no_hub_kernel_is_looked_up_unless_the_user_asks():
+    """bitsandbytes looks a CPU kernel up on the Hub when peft imports it (hub_kernels.py): `fusar-train --help`,
+    which imports peft, opens no connection and prints no kernel warning; FUSAR_HUB_KERNELS=1 lets the lookup out."""
+    pytest.importorskip("bitsandbytes", reason="the qlora extra is not installed")
+    env = {name: value for name, value in os.environ.items() if name not in ("HF_HUB_OFFLINE", "FUSAR_HUB_KERNELS")}
+    knocks, result = connections_while([FUSAR_TRAIN, "--help"], env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert knocks == 0 and "kernel" not in result.stderr, result.stderr[-2000:]
+    from bitsandbytes.functional import has_avx512bf16
+
+    if not has_avx512bf16():
+        pytest.skip("bitsandbytes looks the kernel up only on CPUs with AVX512-BF16; this one has none")
+    knocks, result = connections_while([FUSAR_TRAIN, "--help"], {**env, "FUSAR_HUB_KERNELS": "1"})
+    assert result.returncode == 0 and knocks > 0, result.stderr[-2000:]
+    assert "kernels-community/quantization-bitsandbytes" in result.stderr

@@ -19,10 +19,11 @@ from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
 from modeling_fusar import FusarConfig, FusarForConditionalGeneration
-from transformers_common import import_modeling_common
+from transformers_common import import_configuration_common, import_modeling_common
 
 try:
     common = import_modeling_common()
+    configuration_common = import_configuration_common()
 except Exception as error:  # no network to PyPI, no pip, a version without the file: say so, run the rest
     pytest.skip(f"transformers' common model tests are not available: {error}", allow_module_level=True)
 
@@ -94,6 +95,15 @@ class CommonTests(common.ModelTesterMixin):
 
     def setUp(self):
         self.model_tester = QwenVLTester(self, self.with_anchors)
+        # As transformers' Qwen2.5-VL test builds its ConfigTester (no text modality of its own: its parts have one);
+        # FUSAR-GPT's with fields of its own, which the tester checks are saved.
+        config_class, fields = (FusarConfig, {"anchor_dim": 128, "anchor_sigma": 1.5}) if self.with_anchors else (
+            Qwen2_5_VLConfig, {})
+        self.config_tester = configuration_common.ConfigTester(self, config_class=config_class, has_text_modality=False,
+                                                               **fields)
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
 
     @unittest.skip("Qwen2.5-VL: feed-forward chunking is not supported (transformers' own skip)")
     def test_feed_forward_chunking(self):

@@ -1,4 +1,4 @@
-"""transformers' own `ModelTesterMixin`, fetched from the transformers source distribution on PyPI.
+"""transformers' own `ModelTesterMixin` and `ConfigTester`, fetched from the transformers source distribution on PyPI.
 
 The sdist ships `tests/test_modeling_common.py` but not the two modules it imports its other mixins from
 (`tests/generation/test_utils.py`, `tests/exporters/test_export.py`): those are replaced by empty mixins, so the
@@ -34,6 +34,7 @@ def fetch_tests() -> Path:
     """The folder of transformers' top-level test modules for the installed version, fetched once."""
     target = cache_dir()
     if (target / "test_modeling_common.py").is_file():
+        (target / "__init__.py").touch()  # see below; caches made before the ConfigTester ran lack it
         return target
     with tempfile.TemporaryDirectory() as scratch:
         sdist = os.environ.get("FUSAR_TRANSFORMERS_SDIST")
@@ -56,6 +57,9 @@ def fetch_tests() -> Path:
                     archive.extract(member, unpacked, filter="data")
         if not (unpacked / "test_modeling_common.py").is_file():
             raise RuntimeError(f"{sdist} holds no tests/test_modeling_common.py")
+        # test_configuration_common runs transformers' `direct_transformers_import` on its own folder, which executes
+        # that folder's `__init__.py` (empty in transformers' repository, absent from the sdist).
+        (unpacked / "__init__.py").touch()
         target.parent.mkdir(parents=True, exist_ok=True)
         # Whole or not at all: a fetch killed half-way leaves nothing that looks like a cache.
         staged = Path(tempfile.mkdtemp(dir=target.parent))
@@ -88,4 +92,14 @@ def import_modeling_common():
         _module(f"{PACKAGE}.generation.test_utils", GenerationTesterMixin=type("GenerationTesterMixin", (), {}))
         _module(f"{PACKAGE}.exporters", [])
         _module(f"{PACKAGE}.exporters.test_export", ExportTesterMixin=type("ExportTesterMixin", (), {}))
+        # `test_configuration_common` takes `config_common_kwargs` from `tests/utils/`, which the sdist lacks; only
+        # `check_config_arguments_init` reads it, and that check returns before reading it for a composite config.
+        _module(f"{PACKAGE}.utils", [])
+        _module(f"{PACKAGE}.utils.test_configuration_utils", config_common_kwargs={})
     return importlib.import_module(f"{PACKAGE}.test_modeling_common")
+
+
+def import_configuration_common():
+    """`test_configuration_common` (its `ConfigTester`), from the same sources."""
+    import_modeling_common()
+    return importlib.import_module(f"{PACKAGE}.test_configuration_common")
