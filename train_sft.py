@@ -508,8 +508,10 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
                 model = load_weights(stage1_result, args, model_args, quantized=True)
     if hasattr(model, "peft_config"):  # LoRA kept as an adapter: name the weights it applies to
         # A folder by its absolute path: PEFT resolves it from wherever the adapter is loaded, not from the adapter.
+        # `tiny` is built in memory: no weights to name, and PEFT would look a repo called "tiny" up on the Hub.
         base = stage1_result if args.stage == "both" else Path(model_args.model_name_or_path)
-        model.peft_config["default"].base_model_name_or_path = str(base.resolve()) if base.exists() else model_args.model_name_or_path
+        model.peft_config["default"].base_model_name_or_path = (
+            str(base.resolve()) if base.exists() else None if base == Path("tiny") else model_args.model_name_or_path)
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output

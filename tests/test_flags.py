@@ -2,6 +2,7 @@
 tables of `training/flags.py` walked against TRL's own fields, each refusal tried, the honoured ones checked."""
 
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -143,10 +144,13 @@ def test_both_spellings_of_checkpointing_turn_it_on():
     assert not train_sft.parse_arguments(["--output_dir", "o"])[1].activation_checkpointing  # off unless asked
 
 
-def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path):
+def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path, recwarn):
     output = tmp_path / "run"
     train_sft.main(*train_sft.parse_arguments([
         "--dataset_name", str(data), "--output_dir", str(output), "--stage", "1", "--use_peft", "true",
         "--merge_lora", "false", "--max_steps", "1", "--per_device_train_batch_size", "2", "--save_strategy", "no",
         "--report_to", "none", "--tiny_hidden_size", "64"]))
     assert (output / "adapter_config.json").is_file()  # the last stage's LoRA kept, as asked
+    # The tiny base was built in memory: the adapter names no base, so PEFT never asks the Hub about one.
+    assert json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"] is None
+    assert not [str(warning.message) for warning in recwarn if "Unable to fetch remote file" in str(warning.message)]
