@@ -9,6 +9,7 @@ import json
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +22,8 @@ from .anchors import AnchorFinder, ImageAnchors, given_anchors
 from .chat_request import ChatRequest, parse_chat_request
 from .engine import Engine, Job
 from .errors import RequestError
-from .images import ImageLimits, read_image
+from .fetch import MediaPolicy
+from .images import ImageLimits, fetch_image, is_remote, read_image
 
 logger = logging.getLogger("fusar_serve")
 
@@ -31,6 +33,7 @@ class ServerSettings:
     model_name: str
     image_root: Path | None = None
     limits: ImageLimits = field(default_factory=ImageLimits)
+    media: MediaPolicy = field(default_factory=MediaPolicy)
     max_request_bytes: int = 100 * 2**20  # a few base64 images of the image limit
     max_tokens: int = 512  # the default, and the most a request may ask for
 
@@ -39,6 +42,8 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
     app = FastAPI(title="fusar-serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     anchor_dim = getattr(engine.model.config, "anchor_dim", None)  # None: the model has no anchor module
+    # Remote images wait on other servers: their own threads, so that slow ones never hold up a data: image.
+    fetchers = ThreadPoolExecutor(settings.media.in_all, thread_name_prefix="fusar-fetch")
 
     @app.exception_handler(RequestError)
     async def request_error(request, error: RequestError):
@@ -117,8 +122,17 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
 
     async def prepare(chat: ChatRequest) -> tuple[dict, list[ImageAnchors]]:
         """The request's model inputs (a batch of one) and each image's anchors."""
-        scenes = await asyncio.gather(*(asyncio.to_thread(read_image, image.url, image.where, settings.image_root,
-                                                          settings.limits) for image in chat.images))
+        fetching = asyncio.Semaphore(settings.media.per_request)
+
+        async def scene_of(image):
+            source = image.url
+            if is_remote(source):
+                async with fetching:
+                    source = await asyncio.get_running_loop().run_in_executor(
+                        fetchers, fetch_image, source, image.where, settings.limits, settings.media)
+            return await asyncio.to_thread(read_image, source, image.where, settings.image_root, settings.limits)
+
+        scenes = await asyncio.gather(*(scene_of(image) for image in chat.images))
         anchors = await asyncio.gather(*(image_anchors(image, scene) for image, scene in zip(chat.images, scenes)))
         processor = engine.processor
         options = {}

@@ -28,6 +28,12 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--served-model-name", help="the model's name in the API (default: the checkpoint as given)")
     parser.add_argument("--image-root", help="a folder whose files requests may name by path (default: none; "
                                              "images come as data: or http(s) URLs)")
+    parser.add_argument("--allowed-media-domains", nargs="+", metavar="HOST",
+                        help="fetch http(s) images from these host names only (default: any public host)")
+    parser.add_argument("--allow-private-media", action="store_true",
+                        help="fetch http(s) images from loopback and private addresses too (a trusted network only)")
+    parser.add_argument("--media-deadline", type=positive_float, default=20.0,
+                        help="seconds one http(s) image may take to arrive, redirects included (default 20)")
     parser.add_argument("--alphaearth", help="the AlphaEarth release (URL or folder, as fusar-data anchors --source) "
                                              "to find the anchors of georeferenced images that come without them")
     parser.add_argument("--alphaearth-index", help="the release's index (GeoParquet), if not aef_index.parquet under it")
@@ -66,6 +72,7 @@ def main(argv=None):
     from .anchors import AnchorFinder
     from .app import ServerSettings, build_app
     from .engine import Engine
+    from .fetch import MediaPolicy
     from .images import ImageLimits
 
     source = None
@@ -85,7 +92,9 @@ def main(argv=None):
     finder = AnchorFinder(source, timeout=args.anchor_timeout)
     # A local checkpoint is named by its folder: the API shows no server path.
     name = args.served_model_name or (Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint)
-    settings = ServerSettings(name, image_root, limits, max_tokens=args.max_tokens)
+    domains = frozenset(host.lower() for host in args.allowed_media_domains) if args.allowed_media_domains else None
+    media = MediaPolicy(domains, args.allow_private_media, args.media_deadline)
+    settings = ServerSettings(name, image_root, limits, media, max_tokens=args.max_tokens)
     app = build_app(engine, finder, settings)
     print(f"fusar-serve: {settings.model_name} on http://{args.host}:{args.port}/v1 (anchors: "
           f"{'found through ' + args.alphaearth if source else 'from requests only'})", flush=True)

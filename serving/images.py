@@ -1,8 +1,9 @@
 """An `image_url` of a request as the model's image, with the georeference and year its anchors need.
 
-Accepted: a `data:` URL (base64), an http(s) URL, or a path (plain or `file://`) under the folder the server was
-started with (`--image-root`), never anywhere else on its disk. GeoTIFFs keep their georeference and date tags.
-The limits are the Space's: file size, pixel count (a decompression bomb stops at the header), conversion memory.
+Accepted: a `data:` URL (base64), an http(s) URL (fetched as `fetch.py` allows), or a path (plain or `file://`)
+under the folder the server was started with (`--image-root`), never anywhere else on its disk. GeoTIFFs keep their
+georeference and date tags. The limits are the Space's: file size, pixel count (a decompression bomb stops at the
+header), conversion memory.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import rasterio
 from PIL import Image, UnidentifiedImageError
 
 from dataset_scripts.sar_reader import SarScene, read_sar_scene
 
 from .errors import RequestError
+from .fetch import MediaPolicy, fetch
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 DATA_URL = re.compile(r"data:(?P<mime>[\w.+/-]*)(?:;[\w=.-]+)*?;base64,(?P<data>.*)", re.DOTALL)
@@ -32,18 +33,27 @@ class ImageLimits:
     file_bytes: int = 50 * 2**20  # one image, as the Space's upload limit
     pixels: int = 8192 * 8192  # width x height, checked from the header before any pixel is decoded
     conversion_bytes: int = 2**30  # working memory of one conversion (processing.sar.check_image_memory)
-    fetch_timeout: float = 20.0  # seconds for an http(s) image
 
 
-def read_image(url: str, where: str, root: Path | None, limits: ImageLimits) -> SarScene:
-    """The scene behind `url`; `where` names the request field in errors (400, or 413 over a limit)."""
-    if not isinstance(url, str) or not url:
+def is_remote(url) -> bool:
+    return isinstance(url, str) and url.startswith(("http://", "https://"))
+
+
+def fetch_image(url: str, where: str, limits: ImageLimits, media: MediaPolicy) -> bytes:
+    """The bytes of an http(s) image, as `media` allows (400 refused or failed, 413 over the size limit)."""
+    return fetch(url, where, media, limits.file_bytes, _too_large(where, limits))
+
+
+def read_image(url: str | bytes, where: str, root: Path | None, limits: ImageLimits) -> SarScene:
+    """The scene behind `url` (or the bytes fetched for it); `where` names the request field in errors (400, or 413
+    over a limit)."""
+    if isinstance(url, bytes):
+        return _read_bytes(url, where, limits)
+    if not isinstance(url, str) or not url or is_remote(url):
         raise RequestError(f"{where}: expected a data: URL, an http(s) URL or a path under the server's image root",
                            param=where)
     if url.startswith("data:"):
         return _read_bytes(_decode_data_url(url, where, limits), where, limits)
-    if url.startswith(("http://", "https://")):
-        return _read_bytes(_download(url, where, limits), where, limits)
     return _read_file(_local_path(url, where, root), where, limits)
 
 
@@ -57,21 +67,6 @@ def _decode_data_url(url: str, where: str, limits: ImageLimits) -> bytes:
         return base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(f"{where}: the data: URL is not valid base64", param=where) from None
-
-
-def _download(url: str, where: str, limits: ImageLimits) -> bytes:
-    try:
-        with httpx.stream("GET", url, timeout=limits.fetch_timeout, follow_redirects=True) as response:
-            if response.status_code != 200:
-                raise RequestError(f"{where}: fetching the image gave HTTP {response.status_code}", param=where)
-            data = bytearray()
-            for chunk in response.iter_bytes():
-                data += chunk
-                if len(data) > limits.file_bytes:
-                    raise _too_large(where, limits)
-            return bytes(data)
-    except httpx.HTTPError as error:
-        raise RequestError(f"{where}: the image could not be fetched ({type(error).__name__})", param=where) from None
 
 
 def _local_path(url: str, where: str, root: Path | None) -> Path:

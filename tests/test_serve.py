@@ -101,8 +101,9 @@ def scene(release, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def server(checkpoint, release, scene):  # noqa: F811
+    # --allow-private-media: the tests' image server is on loopback (test_serve_fetch.py attacks the default)
     running = Server(checkpoint[0], "--alphaearth", str(release), "--image-root", str(scene.parent),
-                     "--alphaearth-cache", str(scene.parent / "cache"), "--anchor-timeout", "60")
+                     "--alphaearth-cache", str(scene.parent / "cache"), "--anchor-timeout", "60", "--allow-private-media")
     yield running
     running.stop()
 
