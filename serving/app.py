@@ -5,6 +5,7 @@ its row joins the engine's next batch."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import time
@@ -36,6 +37,7 @@ class ServerSettings:
     media: MediaPolicy = field(default_factory=MediaPolicy)
     max_request_bytes: int = 100 * 2**20  # a few base64 images of the image limit
     max_tokens: int = 512  # the default, and the most a request may ask for
+    api_key: str | None = None  # required as `Authorization: Bearer` on /v1 when set
 
 
 def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) -> FastAPI:
@@ -58,6 +60,16 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         logger.exception("request failed")
         return JSONResponse({"error": {"message": "internal server error", "type": "server_error", "param": None,
                                        "code": None}}, status_code=500)
+
+    @app.middleware("http")
+    async def authenticate(request: Request, call_next):
+        # As OpenAI and vLLM: the key as a bearer token on the API; /health stays open for load balancers.
+        if settings.api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            if not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+                error = RequestError("Incorrect API key provided", status=401, code="invalid_api_key")
+                return JSONResponse(error.body(), status_code=401)
+        return await call_next(request)
 
     @app.get("/health")
     async def health():

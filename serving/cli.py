@@ -5,6 +5,10 @@ from __future__ import annotations
 import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
 
 import argparse
+import ipaddress
+import os
+import socket
+import sys
 from pathlib import Path
 
 from command_line import command, local_or_hub_id, non_negative_int, positive_int
@@ -20,11 +24,35 @@ def positive_float(text: str) -> float:
     return value
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the model loads: a port in use is one line at once, not after loading."""
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--port {port}: expected a port from 0 to 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as error:
+        raise ValueError(f"--host {host} --port {port}: cannot listen there ({error.strerror or error})") from None
+    return sock
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusar-serve", description=__doc__)
     parser.add_argument("checkpoint", help="a checkpoint folder or Hub id (FUSAR-GPT, or a base model: no anchors)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine)")
     parser.add_argument("--port", type=non_negative_int, default=8000)
+    parser.add_argument("--api-key", default=os.environ.get("FUSAR_API_KEY"),
+                        help="require `Authorization: Bearer KEY` on /v1 (default: $FUSAR_API_KEY; none: open)")
     parser.add_argument("--served-model-name", help="the model's name in the API (default: the checkpoint as given)")
     parser.add_argument("--image-root", help="a folder whose files requests may name by path (default: none; "
                                              "images come as data: or http(s) URLs)")
@@ -60,6 +88,10 @@ def main(argv=None):
     image_root = Path(args.image_root) if args.image_root else None
     if image_root is not None and not image_root.is_dir():
         raise ValueError(f"--image-root {image_root}: no such folder")
+    sock = listening_socket(args.host, args.port)
+    if not args.api_key and not is_loopback(args.host):
+        print(f"fusar-serve: WARNING: listening on {args.host} without --api-key: anyone who can reach this port can "
+              "use the model", file=sys.stderr, flush=True)
     import torch
     import uvicorn
     from PIL import Image
@@ -94,12 +126,12 @@ def main(argv=None):
     name = args.served_model_name or (Path(args.checkpoint).name if Path(args.checkpoint).exists() else args.checkpoint)
     domains = frozenset(host.lower() for host in args.allowed_media_domains) if args.allowed_media_domains else None
     media = MediaPolicy(domains, args.allow_private_media, args.media_deadline)
-    settings = ServerSettings(name, image_root, limits, media, max_tokens=args.max_tokens)
+    settings = ServerSettings(name, image_root, limits, media, max_tokens=args.max_tokens, api_key=args.api_key)
     app = build_app(engine, finder, settings)
-    print(f"fusar-serve: {settings.model_name} on http://{args.host}:{args.port}/v1 (anchors: "
+    print(f"fusar-serve: {settings.model_name} on http://{args.host}:{sock.getsockname()[1]}/v1 (anchors: "
           f"{'found through ' + args.alphaearth if source else 'from requests only'})", flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         finder.close()
         engine.close()

@@ -1,0 +1,48 @@
+"""fusar-serve's start and its door: a bad or busy port is one line before the model loads, an API key is checked as
+OpenAI's bearer token, a server open to the network without one says so, and Ctrl-C exits 130."""
+
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_serve import Server, checkpoint, openai  # noqa: F401
+
+FUSAR_SERVE = str(Path(sys.executable).with_name("fusar-serve"))
+
+
+def test_a_port_out_of_range_or_in_use_is_one_line_before_the_model_loads(checkpoint):  # noqa: F811
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        for port, message in (("70000", "--port 70000: expected a port from 0 to 65535"),
+                              (str(busy.getsockname()[1]), "cannot listen there (Address already in use)")):
+            result = subprocess.run([FUSAR_SERVE, str(checkpoint[0]), "--port", port], capture_output=True, text=True,
+                                    timeout=120)
+            assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+            assert result.stdout == ""  # no "serving on ..." line, no weights loaded
+
+
+def test_an_api_key_is_required_as_a_bearer_token_on_the_api_only(checkpoint):  # noqa: F811
+    server = Server(checkpoint[0], "--api-key", "s3cret")
+    try:
+        wrong = openai.OpenAI(base_url=f"{server.url}/v1", api_key="guess", max_retries=0)
+        with pytest.raises(openai.AuthenticationError, match="Incorrect API key provided"):
+            wrong.chat.completions.create(model="fusar-tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401  # no key at all
+        right = openai.OpenAI(base_url=f"{server.url}/v1", api_key="s3cret", max_retries=0)
+        assert right.chat.completions.create(model="fusar-tiny", max_tokens=2,
+                                             messages=[{"role": "user", "content": "hi"}]).choices
+        assert httpx.get(f"{server.url}/health").status_code == 200  # for load balancers
+    finally:
+        log = server.stop()
+    assert "WARNING" not in log
+
+
+def test_listening_beyond_loopback_without_a_key_is_said_loudly_and_ctrl_c_exits_130(checkpoint):  # noqa: F811
+    server = Server(checkpoint[0], "--host", "0.0.0.0")
+    server.process.send_signal(signal.SIGINT)
+    assert server.process.wait(timeout=60) == 130
+    assert "WARNING: listening on 0.0.0.0 without --api-key" in server.process.stderr.read()
