@@ -91,8 +91,14 @@ class Footprint:
         cols = np.concatenate([edge * self.width, np.full(17, self.width), edge * self.width, np.zeros(17)])
         rows = np.concatenate([np.zeros(17), edge * self.height, np.full(17, self.height), edge * self.height])
         xs, ys = self.transform @ (cols, rows)
-        lons, lats = transform_points(self.crs, "EPSG:4326", list(xs), list(ys))
-        return float(min(lons)), float(min(lats)), float(max(lons)), float(max(lats))
+        try:
+            lons, lats = transform_points(self.crs, "EPSG:4326", list(xs), list(ys))
+        except Exception as error:  # GDAL's errors (CPLE_*) have no public base class in rasterio
+            raise ValueError(f"its georeference does not map to longitude and latitude ({error})") from None
+        bounds = float(min(lons)), float(min(lats)), float(max(lons)), float(max(lats))
+        if not np.all(np.isfinite(bounds)):
+            raise ValueError(f"its georeference does not map to longitude and latitude (bounds {bounds})")
+        return bounds
 
 
 class AlphaEarthGeoTIFF:

@@ -54,7 +54,10 @@ def read_sar_scene(path, *, year: int | None = None, bands=None, unit: str = "au
                 footprint = Footprint(dataset.crs, dataset.transform, dataset.height, dataset.width)
     if footprint is None:
         footprint = sidecar_footprint(path, image.height, image.width)
-    lonlat = footprint.lonlat_bounds() if footprint else (math.nan,) * 4
+    try:
+        lonlat = footprint.lonlat_bounds() if footprint else (math.nan,) * 4
+    except ValueError as error:  # e.g. pixels of 1e12 m
+        raise ValueError(f"{path}: {error}") from None
     return SarScene(
         image=image,
         footprint=footprint,

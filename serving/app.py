@@ -44,6 +44,7 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
     app = FastAPI(title="fusar-serve", docs_url=None, redoc_url=None, openapi_url=None)
     created = int(time.time())
     anchor_dim = getattr(engine.model.config, "anchor_dim", None)  # None: the model has no anchor module
+    context_length = engine.model.config.get_text_config().max_position_embeddings
     # Remote images wait on other servers: their own threads, so that slow ones never hold up a data: image.
     fetchers = ThreadPoolExecutor(settings.media.in_all, thread_name_prefix="fusar-fetch")
 
@@ -106,6 +107,7 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
         with engine.preparation():
             inputs, anchors = await prepare(chat)
+            check_context(inputs["input_ids"].shape[1], max_tokens)
             job = Job(inputs, chat.sampling, max_tokens,
                       lambda event: loop.call_soon_threadsafe(events.put_nowait, event), stop=chat.stop)
             engine.submit(job)
@@ -126,6 +128,14 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         reason, usage = details
         return reply | {"object": "chat.completion", "usage": usage, "anchors": reports, "choices": [
             {"index": 0, "message": {"role": "assistant", "content": "".join(text)}, "finish_reason": reason}]}
+
+    def check_context(prompt: int, max_tokens: int) -> None:
+        """OpenAI's error for a conversation longer than the model reads, before any of it is computed."""
+        if prompt + max_tokens > context_length:
+            raise RequestError(f"This model's maximum context length is {context_length} tokens. However, you "
+                               f"requested {prompt + max_tokens} tokens ({prompt} in the messages, {max_tokens} in "
+                               "the completion). Please reduce the length of the messages or completion.",
+                               param="messages", code="context_length_exceeded")
 
     async def image_anchors(image, scene) -> ImageAnchors:
         if anchor_dim is None:

@@ -4,6 +4,7 @@ by name rather than ignored."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from .engine import Sampling
@@ -11,7 +12,7 @@ from .errors import RequestError
 
 ROLES = ("system", "user", "assistant", "developer")
 # OpenAI fields that change nothing here (or only what a client logs) and are accepted as they come.
-IGNORED = {"user", "metadata", "store", "service_tier", "stream_options", "parallel_tool_calls", "reasoning_effort"}
+IGNORED = {"user", "metadata", "store", "service_tier", "parallel_tool_calls", "reasoning_effort"}
 
 
 @dataclass
@@ -38,7 +39,7 @@ def parse_chat_request(body) -> ChatRequest:
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     known = {"messages", "model", "max_tokens", "max_completion_tokens", "temperature", "top_p", "seed", "stop",
-             "stream", "n", "anchors", "logprobs", "tools", "tool_choice", "response_format"} | IGNORED
+             "stream", "stream_options", "n", "anchors", "logprobs", "tools", "tool_choice", "response_format"} | IGNORED
     unknown = sorted(set(body) - known)
     if unknown:
         raise RequestError(f"unrecognized request argument: {unknown[0]}", param=unknown[0])
@@ -54,18 +55,29 @@ def parse_chat_request(body) -> ChatRequest:
     temperature = _number(body, "temperature", 0, 2)
     top_p = _number(body, "top_p", 0, 1, minimum_open=True)
     seed = body.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise RequestError("seed: expected an integer", param="seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -2**63 <= seed < 2**63):
+        raise RequestError("seed: expected an integer from -2**63 to 2**63 - 1 (OpenAI's int64)", param="seed")
     do_sample = temperature is not None and temperature > 0
     sampling = Sampling(do_sample, temperature if do_sample else 1.0, top_p if do_sample and top_p else 1.0,
                         seed if do_sample else None)
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise RequestError("max_tokens: expected a positive integer", param="max_tokens")
-    stream_options = body.get("stream_options") or {}
-    return ChatRequest(conversation, images, sampling, max_tokens, _stop(body.get("stop")),
-                       stream=bool(body.get("stream", False)), include_usage=bool(stream_options.get("include_usage")),
-                       model=body.get("model"))
+    stream, stream_options = _boolean(body, "stream"), body.get("stream_options") or {}
+    if not isinstance(stream_options, dict):
+        raise RequestError("stream_options: expected an object such as {\"include_usage\": true}",
+                           param="stream_options")
+    include_usage = _boolean(stream_options, "include_usage", "stream_options.include_usage")
+    return ChatRequest(conversation, images, sampling, max_tokens, _stop(body.get("stop")), stream=stream,
+                       include_usage=include_usage, model=body.get("model"))
+
+
+def _boolean(fields: dict, name: str, where: str | None = None) -> bool:
+    """A JSON boolean: the string "false" is not one (it would read as true)."""
+    value = fields.get(name, False)
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    raise RequestError(f"{where or name}: expected true or false, got {json.dumps(value)}", param=where or name)
 
 
 def _messages(messages) -> tuple[list[dict], list[ImagePart]]:

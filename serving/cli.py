@@ -9,6 +9,7 @@ import ipaddress
 import os
 import socket
 import sys
+import warnings
 from pathlib import Path
 
 from command_line import command, local_or_hub_id, non_negative_int, positive_int
@@ -119,6 +120,8 @@ def main(argv=None):
     processor = AutoProcessor.from_pretrained(args.checkpoint) if fusar else load_base_processor(args.checkpoint)
     limits = ImageLimits()
     Image.MAX_IMAGE_PIXELS = limits.pixels  # PIL's own bomb check, at the server's limit
+    # Between 1x and 2x that limit PIL only warns; the header check refuses those images (413) before any decoding.
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     engine = Engine(model, processor, max_batch_size=args.max_batch_size, cache_entries=args.kv_cache_entries,
                     batch_wait=args.batch_wait)
     finder = AnchorFinder(source, timeout=args.anchor_timeout)

@@ -72,6 +72,8 @@ def _decode_data_url(url: str, where: str, limits: ImageLimits) -> bytes:
 def _local_path(url: str, where: str, root: Path | None) -> Path:
     # file://name, file:///root/name (URLs, quoted), or a plain path
     relative = urllib.parse.unquote(url.removeprefix("file://")) if url.startswith("file://") else url
+    if "\x00" in relative:
+        raise RequestError(f"{where}: a path may not hold a NUL byte", param=where)
     path = (root / relative).resolve() if root is not None else None
     if path is None or not path.is_relative_to(root.resolve()) or not path.is_file():
         raise RequestError(f"{where}: not a data: or http(s) URL, and not a file under the server's image root "

@@ -321,3 +321,40 @@ def test_a_stopped_worker_is_a_503_and_an_unhealthy_server_not_a_hung_request(ch
     events = []
     engine.submit(Job({}, Sampling(), 4, events.append))
     assert events == [("error", "the model's worker has stopped; restart the server")]
+
+
+def test_mistyped_or_impossible_fields_are_4xx_naming_the_field_and_leave_nothing_in_the_log(checkpoint, tmp_path):
+    """Each of these was a 500 or a silent misreading: a string for a boolean, a seed beyond int64, a NUL byte in a
+    path, pixels of 1e12 m, a prompt past the model's context; and a refused 9000 x 9000 image left PIL's warning."""
+    with rasterio.open(tmp_path / "huge.tif", "w", driver="GTiff", width=8, height=8, count=1, dtype="float32",
+                       crs=UTM, transform=from_origin(LEFT, TOP, 1e12, 1e12)) as dataset:
+        dataset.write(np.ones((1, 8, 8), np.float32))
+    bomb = png(Image.new("L", (1, 1)))
+    header = b"IHDR" + (9000).to_bytes(4, "big") * 2 + bomb[24:29]
+    bomb = bomb[:12] + header + zlib.crc32(header).to_bytes(4, "big") + bomb[33:]
+    hi = [{"role": "user", "content": "hi"}]
+    cases = [
+        ({"messages": hi, "stream_options": "x"}, 400, "stream_options", "expected an object"),
+        ({"messages": hi, "stream": "false"}, 400, "stream", 'expected true or false, got "false"'),
+        ({"messages": hi, "stream": True, "stream_options": {"include_usage": "yes"}}, 400,
+         "stream_options.include_usage", "expected true or false"),
+        ({"messages": hi, "temperature": 1, "seed": 2**70}, 400, "seed", "OpenAI's int64"),
+        ({"messages": image_message("a\x00b.tif")}, 400, "messages[0].content[0].image_url", "NUL byte"),
+        ({"messages": image_message(data_url((tmp_path / "huge.tif").read_bytes(), "image/tiff"))}, 400,
+         "messages[0].content[0].image_url", "georeference does not map to longitude and latitude"),
+        ({"messages": [{"role": "user", "content": "ship " * 5000}]}, 400, "messages",
+         "This model's maximum context length is 4096 tokens"),
+        ({"messages": image_message(data_url(bomb))}, 413, "messages[0].content[0].image_url", "pixels"),
+    ]
+    server = Server(checkpoint[0], "--image-root", str(tmp_path))
+    try:
+        for body, status, param, message in cases:
+            response = httpx.post(f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60)
+            error = response.json()["error"]
+            assert (response.status_code, error["param"]) == (status, param) and message in error["message"], error
+        assert httpx.post(f"{server.url}/v1/chat/completions", json=cases[6][0], timeout=60).json()["error"][
+            "code"] == "context_length_exceeded"
+        assert server.client.chat.completions.create(model="fusar-tiny", max_tokens=2, messages=hi).choices
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log and "Warning" not in log, log[-3000:]
