@@ -66,16 +66,22 @@ def _from_file(path: Path, anchor_dim: int, years) -> AnchorSet:
     return from_bytes(path.read_bytes(), anchor_dim=anchor_dim, years=years, where=str(path))
 
 
-def from_bytes(data: bytes, *, anchor_dim: int, years=None, where: str = "anchors") -> AnchorSet:
-    """The content of an `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled."""
+def from_bytes(data: bytes, *, anchor_dim: int, years=None, where: str = "anchors",
+               max_bytes: int | None = None) -> AnchorSet:
+    """The content of an `.npz` or `.npy` anchor file, told apart by content (never by name), never unpickled.
+    `max_bytes` bounds what loading may allocate, read from the zip's directory and the arrays' headers first."""
     if not data.startswith(b"PK") and not data.startswith(b"\x93NUMPY"):  # np.load takes anything else for a pickle
         raise ValueError(f"{where}: not an .npz or .npy anchor file (numpy's zip or array format); expected an .npz "
                          "with 'features' and 'positions', or the authors' .npy")
     try:
-        loaded = np.load(io.BytesIO(data), allow_pickle=False)
-        arrays = loaded if isinstance(loaded, np.ndarray) else _npz_arrays(loaded)
+        too_large = max_bytes is not None and _loaded_bytes(data) > max_bytes
+        if not too_large:
+            loaded = np.load(io.BytesIO(data), allow_pickle=False)
+            arrays = loaded if isinstance(loaded, np.ndarray) else _npz_arrays(loaded)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise ValueError(f"{where}: not a readable .npz or .npy anchor file ({error})") from error
+    if too_large:
+        raise ValueError(f"{where}: loaded, the anchor file would take more than the limit of {max_bytes} bytes")
     if isinstance(arrays, np.ndarray):
         return _from_npy(arrays, where, anchor_dim)
     if "positions" not in arrays or not {"features", "values"} & set(arrays):
@@ -83,6 +89,25 @@ def from_bytes(data: bytes, *, anchor_dim: int, years=None, where: str = "anchor
     values = arrays.get("values", arrays.get("features"))
     file_years = arrays["years"].tolist() if "years" in arrays else years
     return _validated(values, arrays["positions"], arrays.get("mask"), file_years, anchor_dim, where)
+
+
+def _loaded_bytes(data: bytes) -> int:
+    """What `np.load` would allocate, from the zip's directory and each array's header: nothing is inflated."""
+    if not data.startswith(b"PK"):
+        return _array_bytes(io.BytesIO(data))
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        total = 0
+        for member in archive.infolist():
+            with archive.open(member) as array:  # the declared size bounds what reading the member can inflate
+                total += max(member.file_size, _array_bytes(array))
+        return total
+
+
+def _array_bytes(file) -> int:
+    version = np.lib.format.read_magic(file)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, dtype = read_header(file)
+    return int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
 
 
 def _npz_arrays(npz) -> dict[str, np.ndarray]:

@@ -8,6 +8,7 @@ import asyncio
 import hmac
 import json
 import logging
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +25,7 @@ from .chat_request import ChatRequest, parse_chat_request
 from .engine import Engine, Job
 from .errors import RequestError
 from .fetch import MediaPolicy
-from .images import ImageLimits, fetch_image, is_remote, read_image
+from .images import ImageLimits, fetch_image, image_file, image_pixels, is_remote, read_image
 
 logger = logging.getLogger("fusar_serve")
 
@@ -144,17 +145,29 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
 
     async def prepare(chat: ChatRequest) -> tuple[dict, list[ImageAnchors]]:
         """The request's model inputs (a batch of one) and each image's anchors."""
-        fetching = asyncio.Semaphore(settings.media.per_request)
+        fetching, limits = asyncio.Semaphore(settings.media.per_request), settings.limits
 
-        async def scene_of(image):
+        async def file_of(image, folder: Path) -> Path:
             source = image.url
             if is_remote(source):
                 async with fetching:
                     source = await asyncio.get_running_loop().run_in_executor(
-                        fetchers, fetch_image, source, image.where, settings.limits, settings.media)
-            return await asyncio.to_thread(read_image, source, image.where, settings.image_root, settings.limits)
+                        fetchers, fetch_image, source, image.where, limits, settings.media)
+            return await asyncio.to_thread(image_file, source, image.where, settings.image_root, limits, folder)
 
-        scenes = await asyncio.gather(*(scene_of(image) for image in chat.images))
+        with tempfile.TemporaryDirectory(prefix="fusar-serve-") as folder:
+            files = await asyncio.gather(*(file_of(image, Path(folder)) for image in chat.images))
+            # Every image's size from its header first: many images each within the limits are still one budget.
+            pixels = await asyncio.gather(*(asyncio.to_thread(image_pixels, path, image.where, limits)
+                                            for image, path in zip(chat.images, files)))
+            if sum(pixels) > limits.request_pixels:
+                raise RequestError(f"messages: the request's images hold {sum(pixels)} pixels together, more than the "
+                                   f"server's limit of {limits.request_pixels} per request", status=413,
+                                   param="messages", code="image_too_large")
+            scenes = await asyncio.gather(*(
+                asyncio.to_thread(read_image, path, image.where, limits,
+                                  image.where if path.is_relative_to(Path(folder)) else path.name)
+                for image, path in zip(chat.images, files)))
         anchors = await asyncio.gather(*(image_anchors(image, scene) for image, scene in zip(chat.images, scenes)))
         processor = engine.processor
         options = {}

@@ -32,6 +32,7 @@ DATA_URL = re.compile(r"data:(?P<mime>[\w.+/-]*)(?:;[\w=.-]+)*?;base64,(?P<data>
 class ImageLimits:
     file_bytes: int = 50 * 2**20  # one image, as the Space's upload limit
     pixels: int = 8192 * 8192  # width x height, checked from the header before any pixel is decoded
+    request_pixels: int = 8192 * 8192  # all of a request's images together, checked before any is decoded
     conversion_bytes: int = 2**30  # working memory of one conversion (processing.sar.check_image_memory)
 
 
@@ -44,17 +45,39 @@ def fetch_image(url: str, where: str, limits: ImageLimits, media: MediaPolicy) -
     return fetch(url, where, media, limits.file_bytes, _too_large(where, limits))
 
 
-def read_image(url: str | bytes, where: str, root: Path | None, limits: ImageLimits) -> SarScene:
-    """The scene behind `url` (or the bytes fetched for it); `where` names the request field in errors (400, or 413
-    over a limit)."""
-    if isinstance(url, bytes):
-        return _read_bytes(url, where, limits)
-    if not isinstance(url, str) or not url or is_remote(url):
+def image_file(source: str | bytes, where: str, root: Path | None, limits: ImageLimits, folder: Path) -> Path:
+    """The file to read for an image: a path under the root, or the bytes (of a data: URL, or fetched) written into
+    `folder`, a private temporary one (the readers take files: rasterio for GeoTIFFs, by suffix)."""
+    if isinstance(source, str) and source.startswith("data:"):
+        source = _decode_data_url(source, where, limits)
+    if isinstance(source, bytes):
+        handle, name = tempfile.mkstemp(suffix=".tif" if source[:4] in TIFF_MAGIC else ".image", dir=folder)
+        with open(handle, "wb") as file:
+            file.write(source)
+        return Path(name)
+    if not isinstance(source, str) or not source or is_remote(source):
         raise RequestError(f"{where}: expected a data: URL, an http(s) URL or a path under the server's image root",
                            param=where)
-    if url.startswith("data:"):
-        return _read_bytes(_decode_data_url(url, where, limits), where, limits)
-    return _read_file(_local_path(url, where, root), where, limits)
+    return _local_path(source, where, root)
+
+
+def image_pixels(path: Path, where: str, limits: ImageLimits) -> int:
+    """Width x height from the file's header, nothing decoded; 413 over one image's limits."""
+    if path.stat().st_size > limits.file_bytes:
+        raise _too_large(where, limits)
+    pixels = _header_pixels(path, where)
+    if pixels > limits.pixels:
+        raise RequestError(f"{where}: {pixels} pixels, more than the server's limit of {limits.pixels}", status=413,
+                           param=where, code="image_too_large")
+    return pixels
+
+
+def read_image(path: Path, where: str, limits: ImageLimits, shown: str) -> SarScene:
+    """The scene in `path` (whose `image_pixels` were checked); errors name `shown` instead of the file."""
+    try:
+        return read_sar_scene(path, max_bytes=limits.conversion_bytes)
+    except ValueError as error:  # the readers name the file: the client sees its own field instead
+        raise RequestError(str(error).replace(str(path), shown), param=where) from None
 
 
 def _decode_data_url(url: str, where: str, limits: ImageLimits) -> bytes:
@@ -82,28 +105,6 @@ def _local_path(url: str, where: str, root: Path | None) -> Path:
     if path.stat().st_size > 0:
         return path
     raise RequestError(f"{where}: the file is empty", param=where)
-
-
-def _read_bytes(data: bytes, where: str, limits: ImageLimits) -> SarScene:
-    # The readers take files (rasterio for GeoTIFFs, by suffix): the bytes go to a private temporary one.
-    suffix = ".tif" if data[:4] in TIFF_MAGIC else ".image"
-    with tempfile.TemporaryDirectory(prefix="fusar-serve-") as folder:
-        path = Path(folder) / f"upload{suffix}"
-        path.write_bytes(data)
-        return _read_file(path, where, limits, shown=where)
-
-
-def _read_file(path: Path, where: str, limits: ImageLimits, shown: str | None = None) -> SarScene:
-    if path.stat().st_size > limits.file_bytes:
-        raise _too_large(where, limits)
-    pixels = _header_pixels(path, where)
-    if pixels > limits.pixels:
-        raise RequestError(f"{where}: {pixels} pixels, more than the server's limit of {limits.pixels}", status=413,
-                           param=where, code="image_too_large")
-    try:
-        return read_sar_scene(path, max_bytes=limits.conversion_bytes)
-    except ValueError as error:  # the readers name the file: the client sees its own field instead
-        raise RequestError(str(error).replace(str(path), shown or path.name), param=where) from None
 
 
 def _header_pixels(path: Path, where: str) -> int:

@@ -358,3 +358,38 @@ def test_mistyped_or_impossible_fields_are_4xx_naming_the_field_and_leave_nothin
     finally:
         log = server.stop()
     assert "Traceback" not in log and "Warning" not in log, log[-3000:]
+
+
+def peak_rss_mib(pid: int) -> float:
+    """The process's high-water mark of resident memory (VmHWM): what it ever held, not only what it holds now."""
+    line = next(line for line in Path(f"/proc/{pid}/status").read_text().splitlines() if line.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024
+
+
+def test_budgets_are_per_request_and_checked_before_the_memory_is_spent(checkpoint):  # noqa: F811
+    """Eight PNGs whose headers claim 4000 x 4000 pixels each (in a body of a few kB), an .npz of 1 MB that would
+    load to 1 GiB, and 5,000 anchors as JSON: each refused before anything is decoded, and the server's peak memory
+    stays where it was."""
+    claimed = png(Image.new("L", (1, 1)))
+    header = b"IHDR" + (4000).to_bytes(4, "big") * 2 + claimed[24:29]
+    claimed = claimed[:12] + header + zlib.crc32(header).to_bytes(4, "big") + claimed[33:]
+    inflating = io.BytesIO()
+    np.savez_compressed(inflating, features=np.zeros((2**22, 64), np.float32), positions=np.zeros((2**22, 2), np.float32))
+    npz = {"npz": base64.b64encode(inflating.getvalue()).decode()}
+    many = {"values": [[0.125] * 64] * 5000, "positions": [[0.5, 0.5]] * 5000}
+    eight = [{"type": "image_url", "image_url": {"url": data_url(claimed)}}] * 8 + [{"type": "text", "text": "hi"}]
+    server = Server(checkpoint[0])
+    try:
+        before = peak_rss_mib(server.process.pid)
+        post = lambda body: httpx.post(f"{server.url}/v1/chat/completions", json={**body, "max_tokens": 2}, timeout=60)  # noqa: E731
+        status, message = error_of(post({"messages": [{"role": "user", "content": eight}]}))
+        assert status == 413 and "128000000 pixels together" in message, message
+        status, message = error_of(post({"messages": image_message(data_url(png(random_image(0))), anchors=npz)}))
+        assert status == 400 and "more than the limit of 67108864 bytes" in message, message
+        status, message = error_of(post({"messages": image_message(data_url(png(random_image(0))), anchors=many)}))
+        assert status == 400 and "at most 4096 anchors per image" in message, message
+        assert peak_rss_mib(server.process.pid) - before < 150
+        assert server.client.chat.completions.create(model="fusar-tiny", max_tokens=2, messages=image_message(
+            data_url(png(random_image(0))))).choices
+    finally:
+        server.stop()
