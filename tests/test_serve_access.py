@@ -46,3 +46,15 @@ def test_listening_beyond_loopback_without_a_key_is_said_loudly_and_ctrl_c_exits
     server.process.send_signal(signal.SIGINT)
     assert server.process.wait(timeout=60) == 130
     assert "WARNING: listening on 0.0.0.0 without --api-key" in server.process.stderr.read()
+
+
+def test_the_soak_benchmark_runs_its_quick_mode():
+    """bench_serve_soak.py fills the README's soak table; `--quick` runs the same phases for 5 s each."""
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    result = subprocess.run([sys.executable, "bench_serve_soak.py", "--quick"], cwd=folder, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| alone") or line.startswith("| beside")]
+    assert len(rows) == 2 and all(row.split(" | ")[2] == "0" for row in rows), result.stdout  # no polite errors
+    assert "413" in rows[1] and "400" in rows[1] and "500" not in rows[1], rows[1]
+    assert "p99 beside hostile clients / alone:" in result.stdout
