@@ -7,7 +7,7 @@ well-behaved clients' requests, errors and p50 / p99 latency in each phase, the 
 server's resident memory at the start and end of each phase. Goal: p99 with the hostile clients within 2x of p99
 without them; no well-behaved error; memory flat.
 
-Run: python benchmarks/bench_serve_soak.py  (64 clients, 48 of them well-behaved, 90 s a phase; --quick: 5 s, 8 + 4)
+Run: python benchmarks/bench_serve_soak.py  (64 clients, 48 of them well-behaved, 90 s a phase; --quick: 3 s, 8 + 4)
 """
 
 from __future__ import annotations
@@ -111,9 +111,9 @@ def phase(url: str, pid: int, good: list[dict], bad: list[dict], polite: int, ho
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 s a phase, 8 well-behaved and 4 hostile clients")
+    parser.add_argument("--quick", action="store_true", help="3 s a phase, 8 well-behaved and 4 hostile clients")
     args = parser.parse_args()
-    polite, hostile, seconds = (8, 4, 5.0) if args.quick else (48, 16, 90.0)
+    polite, hostile, seconds = (8, 4, 3.0) if args.quick else (48, 16, 90.0)
     trickle = ThreadingHTTPServer(("127.0.0.1", 0), Trickle)
     trickle.daemon_threads = True
     threading.Thread(target=trickle.serve_forever, daemon=True).start()
@@ -132,7 +132,7 @@ def main() -> None:
                 if server.poll() is not None:
                     raise RuntimeError(server.stderr.read()[-2000:])
                 time.sleep(0.3)
-            phase(url, server.pid, good, bad, polite, 0, 3)  # warm-up
+            phase(url, server.pid, good, bad, polite, 0, 1)  # warm-up
             alone = phase(url, server.pid, good, bad, polite, 0, seconds)
             beside = phase(url, server.pid, good, bad, polite, hostile, seconds)
         finally:

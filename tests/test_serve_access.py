@@ -49,7 +49,7 @@ def test_listening_beyond_loopback_without_a_key_is_said_loudly_and_ctrl_c_exits
 
 
 def test_the_soak_benchmark_runs_its_quick_mode():
-    """bench_serve_soak.py fills the README's soak table; `--quick` runs the same phases for 5 s each."""
+    """bench_serve_soak.py fills the README's soak table; `--quick` runs the same phases for 3 s each."""
     folder = Path(__file__).resolve().parents[1] / "benchmarks"
     result = subprocess.run([sys.executable, "bench_serve_soak.py", "--quick"], cwd=folder, capture_output=True,
                             text=True, timeout=600)
