@@ -40,6 +40,24 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_hub_model(checkpoint: str) -> None:
+    """A Hub id the Hub cannot be reached for and that is not in the cache: one line at once. (huggingface_hub would
+    retry each file's connection five times first, ~50 s.) A cached copy loads as usual."""
+    if Path(checkpoint).exists():
+        return
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE or isinstance(try_to_load_from_cache(checkpoint, "config.json"), str):
+        return
+    try:
+        HfApi().model_info(checkpoint, timeout=10)
+    except Exception as error:
+        # No answer at all (httpx's or httpx2's TransportError, by release); an answer (401, 404) is the load's to say.
+        if isinstance(error, OSError) or "TransportError" in {cls.__name__ for cls in type(error).__mro__}:
+            raise ValueError(f"{checkpoint}: cannot reach the Hub at {constants.ENDPOINT} ({type(error).__name__}) "
+                             "and the model is not in the cache; check the network or HF_ENDPOINT") from None
+
+
 def is_loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host).is_loopback
@@ -90,6 +108,7 @@ def main(argv=None):
     if image_root is not None and not image_root.is_dir():
         raise ValueError(f"--image-root {image_root}: no such folder")
     sock = listening_socket(args.host, args.port)
+    check_hub_model(args.checkpoint)
     if not args.api_key and not is_loopback(args.host):
         print(f"fusar-serve: WARNING: listening on {args.host} without --api-key: anyone who can reach this port can "
               "use the model", file=sys.stderr, flush=True)

@@ -1,10 +1,12 @@
 """fusar-serve's start and its door: a bad or busy port is one line before the model loads, an API key is checked as
 OpenAI's bearer token, a server open to the network without one says so, and Ctrl-C exits 130."""
 
+import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -58,3 +60,16 @@ def test_the_soak_benchmark_runs_its_quick_mode():
     assert len(rows) == 2 and all(row.split(" | ")[2] == "0" for row in rows), result.stdout  # no polite errors
     assert "413" in rows[1] and "400" in rows[1] and "500" not in rows[1], rows[1]
     assert "p99 beside hostile clients / alone:" in result.stdout
+
+
+def test_a_hub_id_the_hub_cannot_be_reached_for_is_one_line_at_once(tmp_path):
+    """Offline, huggingface_hub retries each file five times (~50 s) before its error; fusar-serve asks once."""
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]  # closed on leaving: nobody listens there, the Hub is unreachable
+    env = {**os.environ, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_CACHE": str(tmp_path),
+           "HF_HUB_OFFLINE": "0"}
+    start = time.monotonic()
+    result = subprocess.run([FUSAR_SERVE, "someone/model", "--port", "0"], capture_output=True, text=True, timeout=120,
+                            env=env)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "someone/model: cannot reach the Hub" in result.stderr and time.monotonic() - start < 20
