@@ -156,18 +156,18 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
             return await asyncio.to_thread(image_file, source, image.where, settings.image_root, limits, folder)
 
         with tempfile.TemporaryDirectory(prefix="fusar-serve-") as folder:
-            files = await asyncio.gather(*(file_of(image, Path(folder)) for image in chat.images))
+            files = await all_of(file_of(image, Path(folder)) for image in chat.images)
             # Every image's size from its header first: many images each within the limits are still one budget.
-            pixels = await asyncio.gather(*(asyncio.to_thread(image_pixels, path, image.where, limits)
-                                            for image, path in zip(chat.images, files)))
+            pixels = await all_of(asyncio.to_thread(image_pixels, path, image.where, limits)
+                                  for image, path in zip(chat.images, files))
             if sum(pixels) > limits.request_pixels:
                 raise RequestError(f"messages: the request's images hold {sum(pixels)} pixels together, more than the "
                                    f"server's limit of {limits.request_pixels} per request", status=413,
                                    param="messages", code="image_too_large")
-            scenes = await asyncio.gather(*(
+            scenes = await all_of(
                 asyncio.to_thread(read_image, path, image.where, limits,
                                   image.where if path.is_relative_to(Path(folder)) else path.name)
-                for image, path in zip(chat.images, files)))
+                for image, path in zip(chat.images, files))
         anchors = await asyncio.gather(*(image_anchors(image, scene) for image, scene in zip(chat.images, scenes)))
         processor = engine.processor
         options = {}
@@ -182,6 +182,15 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         return dict(inputs), anchors
 
     return app
+
+
+async def all_of(awaitables) -> list:
+    """Every result, or the first error once all have finished: no image's work outlives the request's folder."""
+    results = await asyncio.gather(*awaitables, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
 
 
 async def read_json(request: Request, max_bytes: int):

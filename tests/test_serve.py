@@ -345,6 +345,10 @@ def test_mistyped_or_impossible_fields_are_4xx_naming_the_field_and_leave_nothin
         ({"messages": [{"role": "user", "content": "ship " * 5000}]}, 400, "messages",
          "This model's maximum context length is 4096 tokens"),
         ({"messages": image_message(data_url(bomb))}, 413, "messages[0].content[0].image_url", "pixels"),
+        ({"messages": [{"role": "user", "content": [  # one good image, one bad: the good one's work is not orphaned
+            {"type": "image_url", "image_url": {"url": data_url(png(random_image(0)))}},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,@@@"}}, {"type": "text", "text": "hi"}]}]},
+         400, "messages[0].content[1].image_url", "not valid base64"),
     ]
     server = Server(checkpoint[0], "--image-root", str(tmp_path))
     try:
