@@ -5,10 +5,14 @@ its row joins the engine's next batch."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import os
+import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +30,7 @@ from .engine import Engine, Job
 from .errors import RequestError
 from .fetch import MediaPolicy
 from .images import ImageLimits, fetch_image, image_file, image_pixels, is_remote, read_image
+from .request_schema import chat_request_schema
 
 logger = logging.getLogger("fusar_serve")
 
@@ -42,12 +47,21 @@ class ServerSettings:
 
 
 def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) -> FastAPI:
-    app = FastAPI(title="fusar-serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        # The event loop and the threads reading requests (`asyncio.to_thread`) yield the CPU to the model's.
+        yield_to_model()
+        readers = ThreadPoolExecutor(thread_name_prefix="fusar-read", initializer=yield_to_model)
+        asyncio.get_running_loop().set_default_executor(readers)
+        yield
+        readers.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="fusar-serve", docs_url=None, redoc_url=None, lifespan=lifespan)  # GET /openapi.json
     created = int(time.time())
     anchor_dim = getattr(engine.model.config, "anchor_dim", None)  # None: the model has no anchor module
     context_length = engine.model.config.get_text_config().max_position_embeddings
     # Remote images wait on other servers: their own threads, so that slow ones never hold up a data: image.
-    fetchers = ThreadPoolExecutor(settings.media.in_all, thread_name_prefix="fusar-fetch")
+    fetchers = ThreadPoolExecutor(settings.media.in_all, thread_name_prefix="fusar-fetch", initializer=yield_to_model)
 
     @app.exception_handler(RequestError)
     async def request_error(request, error: RequestError):
@@ -96,7 +110,10 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
             raise RequestError(f"The model `{name}` does not exist; this server serves `{settings.model_name}`",
                                status=404, param="model", code="model_not_found")
 
-    @app.post("/v1/chat/completions")
+    body_schema = {"required": True,
+                   "content": {"application/json": {"schema": chat_request_schema(settings.max_tokens)}}}
+
+    @app.post("/v1/chat/completions", openapi_extra={"requestBody": body_schema})
     async def chat_completions(request: Request):
         chat = parse_chat_request(await read_json(request, settings.max_request_bytes))
         check_model(chat.model)
@@ -106,11 +123,14 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         if not engine.worker.is_alive():  # never queue a request nobody will answer
             raise RequestError("the model's worker has stopped; restart the server", status=503, code="engine_stopped")
         loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        sources = await fetched(chat)  # outside `preparation`: a batch never waits on another server
         with engine.preparation():
-            inputs, anchors = await prepare(chat)
+            inputs, anchors = await prepare(chat, sources)
             check_context(inputs["input_ids"].shape[1], max_tokens)
             job = Job(inputs, chat.sampling, max_tokens,
                       lambda event: loop.call_soon_threadsafe(events.put_nowait, event), stop=chat.stop)
+            if engine.kv_cache.entries:
+                await asyncio.to_thread(lambda: job.images)  # hashed here, not on the engine's thread
             engine.submit(job)
         reports = [a.report(i) for i, a in enumerate(anchors)]
         reply = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": settings.model_name}
@@ -143,20 +163,25 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
             return ImageAnchors(None, "none", "the model has no anchor module")
         return given_anchors(image.anchors, image.anchors_where, anchor_dim) or await finder.find(scene)
 
-    async def prepare(chat: ChatRequest) -> tuple[dict, list[ImageAnchors]]:
-        """The request's model inputs (a batch of one) and each image's anchors."""
+    async def fetched(chat: ChatRequest) -> list[str | bytes]:
+        """Each image's source: the bytes of an http(s) image (fetched as the media policy allows), else its URL."""
         fetching, limits = asyncio.Semaphore(settings.media.per_request), settings.limits
 
-        async def file_of(image, folder: Path) -> Path:
-            source = image.url
-            if is_remote(source):
-                async with fetching:
-                    source = await asyncio.get_running_loop().run_in_executor(
-                        fetchers, fetch_image, source, image.where, limits, settings.media)
-            return await asyncio.to_thread(image_file, source, image.where, settings.image_root, limits, folder)
+        async def fetch_one(image) -> str | bytes:
+            if not is_remote(image.url):
+                return image.url
+            async with fetching:
+                return await asyncio.get_running_loop().run_in_executor(
+                    fetchers, fetch_image, image.url, image.where, limits, settings.media)
 
+        return await all_of(fetch_one(image) for image in chat.images)
+
+    async def prepare(chat: ChatRequest, sources: list[str | bytes]) -> tuple[dict, list[ImageAnchors]]:
+        """The request's model inputs (a batch of one) and each image's anchors."""
+        limits = settings.limits
         with tempfile.TemporaryDirectory(prefix="fusar-serve-") as folder:
-            files = await all_of(file_of(image, Path(folder)) for image in chat.images)
+            files = await all_of(asyncio.to_thread(image_file, source, image.where, settings.image_root, limits,
+                                                   Path(folder)) for image, source in zip(chat.images, sources))
             # Every image's size from its header first: many images each within the limits are still one budget.
             pixels = await all_of(asyncio.to_thread(image_pixels, path, image.where, limits)
                                   for image, path in zip(chat.images, files))
@@ -182,6 +207,16 @@ def build_app(engine: Engine, finder: AnchorFinder, settings: ServerSettings) ->
         return dict(inputs), anchors
 
     return app
+
+
+def yield_to_model() -> None:
+    """Lowers the calling thread's priority (Linux sets niceness per thread). Requests are read while a batch
+    generates; at equal priority, clients sending costly requests (large JSON, many refused images) slowed every
+    `generate` step, and torch's threads wait for their slowest: well-behaved clients' p99 doubled. When the model
+    is idle, these threads still get the whole machine."""
+    if sys.platform == "linux":
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
 
 
 async def all_of(awaitables) -> list:

@@ -90,7 +90,8 @@ def parser() -> argparse.ArgumentParser:
                         help="seconds to wait for an image's anchors before answering without them (default 10)")
     parser.add_argument("--max-batch-size", type=positive_int, default=32, help="requests generated together")
     parser.add_argument("--batch-wait", type=positive_float, default=0.1,
-                        help="seconds a batch may wait for requests already received (images being read; default 0.1)")
+                        help="seconds a batch waits for the next of the requests being read (their images already "
+                             "fetched), 10x this in all (default 0.1)")
     parser.add_argument("--max-tokens", type=positive_int, default=512,
                         help="tokens a request generates by default, and the most it may ask for")
     parser.add_argument("--kv-cache-entries", type=non_negative_int, default=16,

@@ -14,6 +14,7 @@ conversation, its images included, continues from it and computes only its new t
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import queue
@@ -56,6 +57,12 @@ class Job:
     def prompt_tokens(self) -> int:
         return int(self.inputs["attention_mask"].sum())
 
+    @functools.cached_property
+    def images(self) -> str:
+        """What its image tokens stand for (`images_digest`); the server reads it first while the request is
+        prepared, not on the engine's thread (hashing a batch's pixels there took ~2 ms a row, twice)."""
+        return images_digest(self.inputs)
+
 
 class Engine:
     """One worker thread owns the model; `submit` is safe from any thread."""
@@ -75,8 +82,9 @@ class Engine:
 
     @contextlib.contextmanager
     def preparation(self):
-        """Around a request's reading: a batch about to start waits (at most `batch_wait` seconds) for the requests
-        already received, never for requests not yet sent, so that one lone request is never held back."""
+        """Around a request's reading (its images already fetched): a batch about to start waits for the requests
+        being read, never for requests not yet sent nor for other servers, so that one lone request is never held
+        back and a slow image URL holds up nobody else."""
         with self.preparing_lock:
             self.preparing += 1
         try:
@@ -112,10 +120,15 @@ class Engine:
             return None
         if self._continuation(first):
             return [first]  # a conversation's cache is one row's: it continues alone
-        deadline = time.monotonic() + self.batch_wait
-        while self.preparing and self.pending.qsize() + len(self.held) + 1 < self.max_batch_size \
-                and time.monotonic() < deadline:
+        # Requests being read join this batch while they keep arriving: the wait ends `batch_wait` seconds after
+        # the last arrival (32 requests sent at once take ~0.3 s to read on 2 cores; a fixed 0.1 s cut the first
+        # batch to ~10 rows), when the batch is full, or after 10 x `batch_wait` in all.
+        waiting_for, start = self.pending.qsize() + len(self.held) + 1, time.monotonic()
+        deadline = start + self.batch_wait
+        while self.preparing and waiting_for < self.max_batch_size and time.monotonic() < deadline:
             time.sleep(0.002)
+            if (arrived := self.pending.qsize() + len(self.held) + 1) > waiting_for:
+                waiting_for, deadline = arrived, min(time.monotonic(), start + 9 * self.batch_wait) + self.batch_wait
         batch, waiting = [first], []
         while len(batch) < self.max_batch_size:
             try:
@@ -130,7 +143,7 @@ class Engine:
         return batch
 
     def _continuation(self, job: Job) -> bool:
-        job.match = self.kv_cache.match(job.inputs, self.model.config)
+        job.match = self.kv_cache.match(job, self.model.config)
         return job.match is not None
 
     def _run(self) -> None:
@@ -281,11 +294,11 @@ class ConversationCache:
         self.kept: OrderedDict[tuple[str, tuple[int, ...]], tuple[DynamicCache, int]] = OrderedDict()
         self.lock = threading.Lock()
 
-    def match(self, inputs: dict, config) -> tuple[tuple, int] | None:
+    def match(self, job: Job, config) -> tuple[tuple, int] | None:
         """(key, tokens reused) of the kept conversation this prompt continues, the longest if several."""
         if not self.entries:
             return None
-        ids, images = inputs["input_ids"][0].tolist(), images_digest(inputs)
+        ids, images = job.inputs["input_ids"][0].tolist(), job.images
         image_token = getattr(getattr(config, "base_config", config), "image_token_id", None)
         last_image = max((i for i, t in enumerate(ids) if t == image_token), default=-1)
         best = None
@@ -312,25 +325,27 @@ class ConversationCache:
         inputs = {name: value for name, value in job.inputs.items()
                   if name != "pixel_values" and not name.startswith("anchor_")}
         inner = getattr(model, "model", None)
-        if hasattr(inner, "get_rope_index") and "image_grid_thw" in inputs:
-            # Qwen-VL keeps the 3-D rope offset of the last prefill on the model; this conversation's is set here.
+        if hasattr(inner, "get_rope_index"):
+            # Qwen-VL keeps the 3-D rope offset of the last prefill on the model, one per row of that batch; this
+            # conversation's is set here (0 without images: a stale one of a batch of 2 failed the next turn).
             inner.rope_deltas = inner.get_rope_index(
                 inputs["input_ids"], image_grid_thw=inputs["image_grid_thw"], attention_mask=inputs["attention_mask"],
-                mm_token_type_ids=inputs.get("mm_token_type_ids"))[1]
+                mm_token_type_ids=inputs.get("mm_token_type_ids"))[1] if "image_grid_thw" in inputs else \
+                torch.zeros(1, 1, dtype=torch.long, device=inputs["input_ids"].device)
         return inputs, cache
 
     def keep(self, batch: list[Job], inputs: dict, output, streamer: RowStreamer) -> None:
         """Each finished row's cache (its prompt without padding, then the tokens it generated that were fed back)."""
-        if not self.entries or output.past_key_values is None:
+        if not self.entries or output.cache is None:  # `cache`: transformers 5.24 renamed past_key_values
             return
-        cache = output.past_key_values
+        cache = output.cache
         prompt_length = inputs["input_ids"].shape[1]
-        for row, job in enumerate(batch):
+        for row, job in list(enumerate(batch))[-self.entries:]:  # rows beyond the cache's size would be evicted
             if streamer.finished[row] in (None, "cancelled"):
                 continue
             padding = int((inputs["attention_mask"][row] == 0).sum())
             end = prompt_length + streamer.generated[row] - 1  # the row's last token was never fed back
-            key = (images_digest(job.inputs), tuple(output.sequences[row, padding:end].tolist()))
+            key = (job.images, tuple(output.sequences[row, padding:end].tolist()))
             kept = DynamicCache()
             for layer, cache_layer in enumerate(cache.layers):
                 kept.update(cache_layer.keys[row : row + 1, :, padding:end].clone(),

@@ -73,3 +73,25 @@ def test_a_hub_id_the_hub_cannot_be_reached_for_is_one_line_at_once(tmp_path):
                             env=env)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "someone/model: cannot reach the Hub" in result.stderr and time.monotonic() - start < 20
+
+
+def test_an_api_fuzzer_reading_the_servers_own_schema_finds_no_server_error(checkpoint, tmp_path):  # noqa: F811
+    """schemathesis (valid and invalid bodies from GET /openapi.json, a fixed seed, a few hundred cases): no 5xx, and
+    the server answers an ordinary request after. Media URLs stay offline: only a host that cannot exist is allowed."""
+    server = Server(checkpoint[0], "--max-tokens", "4", "--allowed-media-domains", "images.invalid",
+                    "--api-key", "fuzz")
+    try:
+        schema = httpx.get(f"{server.url}/openapi.json").json()
+        body = schema["paths"]["/v1/chat/completions"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == ["messages"] and body["properties"]["max_tokens"]["maximum"] == 4
+        fuzz = subprocess.run(
+            [str(Path(sys.executable).with_name("schemathesis")), "run", f"{server.url}/openapi.json", "--no-color",
+             "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "0", "--generation-database", "none",
+             "--header", "Authorization: Bearer fuzz", "--report-dir", str(tmp_path)],
+            capture_output=True, text=True, timeout=300, cwd=tmp_path)
+        assert fuzz.returncode == 0 and " passed" in fuzz.stdout and "failed" not in fuzz.stdout, fuzz.stdout[-3000:]
+        assert server.client.with_options(api_key="fuzz").chat.completions.create(
+            model="fusar-tiny", max_tokens=2, messages=[{"role": "user", "content": "hi"}]).choices
+    finally:
+        log = server.stop()
+    assert "Traceback" not in log and "request failed" not in log, log[-3000:]
