@@ -36,7 +36,18 @@ def main() -> int:
     import hub_server
     import range_server
 
-    work = Path(tempfile.mkdtemp(prefix="bench-harvest-"))
+    with tempfile.TemporaryDirectory(prefix="bench-harvest-") as folder:  # ~1.7 GB at full size: never left behind
+        # Ray's session files under the same folder (its default, /tmp/ray, outlives the run).
+        os.environ["RAY_TMPDIR"] = str(Path(folder) / "ray")
+        try:
+            measure(Path(folder), args, harvest_replica, hub_server, range_server)
+        finally:
+            if "ray" in sys.modules:
+                sys.modules["ray"].shutdown()
+    return 0
+
+
+def measure(work: Path, args, harvest_replica, hub_server, range_server) -> None:
     repeats = 1 if args.quick else 12
     harvest_replica.build(work / "sources", SHARED, repeats=repeats)
     with hub_server.serve(work / "hub") as hub, range_server.serve(work / "sources") as files:
@@ -69,7 +80,6 @@ def main() -> int:
             fetched = hub.sent + files.total_sent() - before[0]
             requests = len(hub.log) + files.requests() - before[1]
             print(f"| {name} | {chips / seconds:.1f} | {fetched / chips / 2**20:.2f} | {requests / chips:.1f} |")
-    return 0
 
 
 def count_chips(folder: Path) -> int:

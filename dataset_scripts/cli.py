@@ -120,6 +120,8 @@ def main(argv=None) -> int:
     harvest.add_argument("--num-proc", type=positive_int, default=1, help="local processes (or CPUs of a local Ray)")
     harvest.add_argument("--ray-address", help="a running Ray cluster (default: start a local instance)")
     harvest.add_argument("--patches-per-shard", type=positive_int, default=4, help="patches per resumable shard")
+    harvest.add_argument("--max-skipped", type=float, default=0.5, help="largest share of the planned chips that may "
+                         "be skipped (unreadable patches, source files that fail) before the run stops (default 0.5)")
     harvest.add_argument("--name", default="fusar-harvested-sar-triplets", help="dataset name in the card")
 
     retext = commands.add_parser("retext", help="a harvested dataset's texts made again from its facts, with other "
@@ -171,6 +173,15 @@ def iso_date(text: str) -> str:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from None
 
 
+def check_bbox(west: float, south: float, east: float, north: float) -> None:
+    if not (-180 <= west <= 180 and -180 <= east <= 180 and -90 <= south <= north <= 90):
+        raise ValueError(f"--bbox {west:g} {south:g} {east:g} {north:g}: expected WEST SOUTH EAST NORTH in degrees, "
+                         "longitudes in [-180, 180], latitudes in [-90, 90], SOUTH <= NORTH")
+    if west > east:
+        print(f"--bbox: WEST {west:g} is east of EAST {east:g}: read as a box across the 180th meridian",
+              file=sys.stderr)
+
+
 def run_harvest(args) -> int:
     """`fusar-data harvest`: select patches, then harvest them (see dataset_scripts/harvest.py)."""
     from .facts import load_templates
@@ -179,6 +190,10 @@ def run_harvest(args) -> int:
 
     if args.start and args.end and args.start > args.end:
         raise ValueError(f"--start {args.start} is after --end {args.end}")
+    if not 0 <= args.max_skipped <= 1:
+        raise ValueError(f"--max-skipped is a fraction in [0, 1], got {args.max_skipped:g}")
+    if args.bbox:
+        check_bbox(*args.bbox)
     if args.engine == "ray":
         import importlib.util
 
@@ -200,7 +215,8 @@ def run_harvest(args) -> int:
                          f"{args.max_nodata:g} ({len(patches)} patches in the metadata)")
     totals = harvest(chosen, args.output, config, max_chips=args.max_chips, patches_per_shard=args.patches_per_shard,
                      engine=args.engine, num_proc=args.num_proc, ray_address=args.ray_address,
-                     overwrite=args.overwrite, region=f"{region or 'anywhere'}, dates {dates}")
+                     overwrite=args.overwrite, region=f"{region or 'anywhere'}, dates {dates}",
+                     max_skipped=args.max_skipped)
     print(f"dataset written to {args.output}: " + ", ".join(f"{s} {n} rows" for s, n in totals.items() if n))
     return 0
 

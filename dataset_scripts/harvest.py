@@ -34,12 +34,13 @@ from .alphaearth import ATTRIBUTION as ALPHAEARTH_ATTRIBUTION, DIM, LICENSE as A
     sample_anchors
 from .builder import run_each, split_of
 from .facts import TEMPLATES, chip_facts, texts
-from .majortom import ATTRIBUTION as MAJORTOM_ATTRIBUTION, LICENSE as MAJORTOM_LICENSE, REPO, CorruptPatch, Patch, \
-    read_patch
+from .majortom import ATTRIBUTION as MAJORTOM_ATTRIBUTION, LICENSE as MAJORTOM_LICENSE, PATCH_PIXELS, REPO, \
+    CorruptPatch, Patch, read_patch
 from .names import SPLITS
-from .worldcover import ATTRIBUTION as WORLDCOVER_ATTRIBUTION, BASE_URL, LICENSE as WORLDCOVER_LICENSE, WorldCover
+from .worldcover import BASE_URL, LICENSE as WORLDCOVER_LICENSE, WorldCover, attribution as worldcover_attribution
 
-PATCH_PIXELS = 1068
+# Where the sources are read from, not what they hold: a fixed URL, a mirror or another cache folder resumes a harvest.
+LOCATIONS = ("source", "worldcover", "alphaearth", "alphaearth_index", "alphaearth_cache")
 
 
 @dataclass
@@ -190,7 +191,7 @@ def harvest_shard(job: ShardJob) -> dict:
         try:
             data = read_patch(patch, config.source)
         except CorruptPatch as error:
-            skipped.append({"patch": patch.product_id, "error": str(error)})
+            skipped.append({"patch": patch.product_id, "chips": len(chips), "error": str(error)})
             continue
         for number in chips:
             try:
@@ -210,13 +211,16 @@ def harvest_shard(job: ShardJob) -> dict:
         counts[split] = {"rows": len(part), "chips": len({r["scene_id"] for r in part}),
                          "tasks": dict(Counter(r["task"] for r in part)),
                          "dominant": dict(Counter(r["messages"][1]["content"] for r in part if r["task"] == "landcover"))}
-    marker = {"shard": job.number, "splits": counts, "skipped": skipped}
+    marker = {"shard": job.number, "splits": counts, "skipped": skipped,
+              "chips": sum(len(chips) for _, chips in job.patches),
+              "worldcover_maps": sorted({json.loads(r["facts"])["worldcover"] for r in rows})}
     output.write(f".harvest/shard-{job.number:05d}.json", json.dumps(marker).encode())
     return marker
 
 
 class ChipSkipped(ValueError):
-    """A chip that cannot make rows (too much nodata, no land cover under it): listed, not fatal."""
+    """A chip that cannot make rows (too much nodata, no land cover under it, a source file under it that cannot be
+    read): listed, not fatal."""
 
 
 class Sources:
@@ -242,11 +246,17 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
     if nodata > config.max_nodata:
         raise ChipSkipped(f"{nodata:.2%} nodata (more than --max-nodata {config.max_nodata:g})")
     footprint = Footprint(data.crs, data.transform @ Affine.translation(col0, row0), config.chip_size, config.chip_size)
-    classes, worldcover_map = sources.worldcover.classes(footprint, patch.year)
+    try:
+        classes, worldcover_map = sources.worldcover.classes(footprint, patch.year)
+    except ValueError as error:  # the file that failed is named; a source failing everywhere passes --max-skipped
+        raise ChipSkipped(f"land cover: {error}") from error
     facts = {"date": patch.date, "grid_cell": patch.grid_cell, "product_id": patch.product_id, **patch.orbit(),
              "chip": number, "chip_window": [row0, col0, config.chip_size], "nodata": round(nodata, 4),
              "worldcover": worldcover_map, **chip_facts(classes)}
-    anchors, anchor_source = chip_anchors(footprint, patch.year, config, sources)
+    try:
+        anchors, anchor_source = chip_anchors(footprint, patch.year, config, sources)
+    except ValueError as error:
+        raise ChipSkipped(f"anchors: {error}") from error
     facts.update(anchor_source)
     made = texts(facts, config.templates)
     if not made:
@@ -254,8 +264,11 @@ def chip_rows(patch: Patch, data, number: int, config: HarvestConfig, sources: S
                           "texts are made for whole chips only")
     if sources.rewrite:
         made = rewritten(made, facts, sources.rewrite)
-    image = load_sar_image(np.stack([np.nan_to_num(vv), np.nan_to_num(vh)]), unit="intensity",
-                           polarizations=["VV", "VH"], nodata=0)
+    try:
+        image = load_sar_image(np.stack([np.nan_to_num(vv), np.nan_to_num(vh)]), unit="intensity",
+                               polarizations=["VV", "VH"], nodata=0)
+    except ValueError as error:  # e.g. no valid pixel at all
+        raise ChipSkipped(f"SAR image: {error}") from error
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     scene_id = f"{patch.grid_cell}_{patch.date.replace('-', '')}_{hashlib.sha1(patch.product_id.encode()).hexdigest()[:6]}_{number}"
@@ -312,7 +325,7 @@ def chip_anchors(footprint: Footprint, year: int, config: HarvestConfig, sources
 
 def provenance(patch: Patch, worldcover_map: str, anchors) -> str:
     text = (f"SAR: {patch.product_id} ({patch.grid_cell}) from {MAJORTOM_ATTRIBUTION}. Land cover: ESA WorldCover "
-            f"{worldcover_map} ({WORLDCOVER_LICENSE}; {WORLDCOVER_ATTRIBUTION}).")
+            f"{worldcover_map} ({WORLDCOVER_LICENSE}; {worldcover_attribution(worldcover_map)}).")
     if anchors.years:
         text += f" Anchors: AlphaEarth {anchors.years[0]} ({ALPHAEARTH_LICENSE}; {ALPHAEARTH_ATTRIBUTION})"
     return text
@@ -322,13 +335,19 @@ def provenance(patch: Patch, worldcover_map: str, anchors) -> str:
 
 def harvest(patches: list[Patch], output_location: str, config: HarvestConfig, *, max_chips: int | None = None,
             patches_per_shard: int = 4, engine: str = "local", num_proc: int = 1, ray_address: str | None = None,
-            overwrite: bool = False, region: str = "") -> dict:
-    """Harvest the chips of `patches` (already selected) into the output; returns the totals per split."""
+            overwrite: bool = False, region: str = "", max_skipped: float = 0.5) -> dict:
+    """Harvest the chips of `patches` (already selected) into the output; returns the totals per split. Every source
+    is opened and checked before anything is written. Patches and chips that cannot be made are skipped and listed;
+    if they are more than `max_skipped` of the chips planned, the run stops with their summary (the shards written
+    stay; no card is written)."""
     plan = plan_chips(patches, config, max_chips)
     if not plan:
         raise ValueError("no patches to harvest: the region, dates and --max-nodata select none")
+    sources = Sources(config)
+    sources.worldcover.tiles()  # the grid: a wrong URL is one line here, not a failure inside the first shard
     shards = [plan[i:i + patches_per_shard] for i in range(0, len(plan), patches_per_shard)]
-    record = {"config": dataclasses.asdict(config), "region": region, "shards": patches_per_shard,
+    identity = {name: value for name, value in dataclasses.asdict(config).items() if name not in LOCATIONS}
+    record = {"config": identity, "alphaearth_years": sources.years, "region": region, "shards": patches_per_shard,
               "plan": [[dataclasses.asdict(p), chips] for p, chips in plan]}
     output = Output(output_location)
     check_plan(output, record, overwrite)
@@ -339,12 +358,30 @@ def harvest(patches: list[Patch], output_location: str, config: HarvestConfig, *
     run_jobs(jobs, engine, num_proc, ray_address)
     markers = [json.loads(output.read(f".harvest/shard-{n:05d}.json")) for n in range(len(shards))]
     totals = {split: sum(m["splits"].get(split, {}).get("rows", 0) for m in markers) for split in SPLITS}
+    planned = sum(len(chips) for _, chips in plan)
+    summary = skipped_summary(markers, planned)
     if not sum(totals.values()):
-        first = next((s for m in markers for s in m["skipped"]), None)
-        raise ValueError(f"no rows: every chip of the {len(plan)} patches was skipped"
-                         + (f" (first: {first['patch']}: {first['error']})" if first else ""))
+        raise ValueError(f"no rows: {summary}")
+    if skipped_chips(markers) > max_skipped * planned:
+        raise ValueError(f"{summary}; more than --max-skipped {max_skipped:g}. The shards written are kept: fix the "
+                         "cause and run again with --overwrite, or allow more with --max-skipped")
+    print(summary, file=sys.stderr)
     output.write("README.md", card(markers, config, region, len(plan)).encode())
     return totals
+
+
+def skipped_chips(markers: list[dict]) -> int:
+    return sum(s.get("chips", 1) for m in markers for s in m["skipped"])
+
+
+def skipped_summary(markers: list[dict], planned: int) -> str:
+    """One line: how many patches and chips were skipped, of how many, and the first reason."""
+    entries = [s for m in markers for s in m["skipped"]]
+    patches = sum("chip" not in s for s in entries)
+    chips = skipped_chips(markers)
+    line = (f"skipped {chips} of {planned} chips ({chips / max(planned, 1):.0%}): {patches} whole patches, "
+            f"{len(entries) - patches} single chips")
+    return line + (f"; first: {entries[0]['patch']}: {entries[0]['error']}" if entries else "")
 
 
 def run_jobs(jobs: list[ShardJob], engine: str, num_proc: int, ray_address: str | None) -> None:
@@ -389,6 +426,7 @@ def card(markers: list[dict], config: HarvestConfig, region: str, patches: int) 
             tasks.update({(split, t): n for t, n in counts["tasks"].items()})
             dominant.update(counts["dominant"])
     skipped = [s for m in markers for s in m["skipped"]]
+    maps = sorted({name for m in markers for name in m.get("worldcover_maps", [])})
     metadata = {
         "pretty_name": config.name, "license": "cc-by-sa-4.0",
         "task_categories": ["image-text-to-text", *sorted({HUB_CATEGORIES[t] for _, t in tasks})],
@@ -407,8 +445,12 @@ def card(markers: list[dict], config: HarvestConfig, region: str, patches: int) 
     lines += [f"| {t} | " + " | ".join(str(tasks[(s, t)]) for s in splits) + " |" for t in sorted({t for _, t in tasks})]
     lines += ["", "| dominant land cover | chips |", "|---|---|"]
     lines += [f"| {name} | {n} |" for name, n in dominant.most_common()]
-    lines += ["", f"Skipped (listed, not fatal): **{len(skipped)}**."]
-    lines += [f"- `{s['patch']}`" + (f" chip {s['chip']}" if "chip" in s else "") + f": {s['error']}" for s in skipped[:20]]
+    lines += ["", f"Skipped (listed, not fatal): **{len(skipped)}**; "
+              f"{skipped_summary(markers, sum(m.get('chips', 0) for m in markers))}."]
+    lines += [f"- `{s['patch']}`" + (f" chip {s['chip']}" if "chip" in s else "") + f": {s['error']}"
+              for s in skipped[:100]]
+    if len(skipped) > 100:
+        lines.append(f"- ... {len(skipped) - 100} more, each in its shard's `.harvest/shard-<n>.json`")
     lines += ["", "## How the text was made", "",
               "Every text is generated from the chip's facts (the `facts` column, JSON: WorldCover class shares "
               "overall and per cell of the 3 x 3 grid, acquisition date, product, orbit where the product name gives "
@@ -419,7 +461,8 @@ def card(markers: list[dict], config: HarvestConfig, region: str, patches: int) 
               "## Provenance and licences", "",
               f"- SAR: {MAJORTOM_ATTRIBUTION} ({MAJORTOM_LICENSE}); Copernicus Sentinel data terms apply "
               "(free, full and open access; modified Copernicus Sentinel data must be acknowledged).",
-              f"- Land cover: ESA WorldCover 10 m ({WORLDCOVER_LICENSE}). {WORLDCOVER_ATTRIBUTION}.",
+              f"- Land cover: ESA WorldCover 10 m ({WORLDCOVER_LICENSE}). "
+              + " ".join(f"{worldcover_attribution(name)}." for name in maps),
               f"- Anchors: AlphaEarth Foundations Satellite Embedding V1 ({ALPHAEARTH_LICENSE}). {ALPHAEARTH_ATTRIBUTION}",
               "- This dataset: CC-BY-SA-4.0 (share-alike, from Major-TOM). Each row's `source` names its own inputs.", ""]
     return "---\n" + yaml.safe_dump(metadata, sort_keys=False) + "---\n\n" + "\n".join(lines) + "\n"

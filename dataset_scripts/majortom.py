@@ -19,7 +19,10 @@ import numpy as np
 import rasterio
 from rasterio.io import MemoryFile
 
+from command_line import HUB_ID
+
 REPO = "Major-TOM/Core-S1RTC"
+PATCH_PIXELS = 1068  # every Core-S1RTC patch: 1,068 x 1,068 px at 10 m
 LICENSE = "CC-BY-SA-4.0"
 ATTRIBUTION = "Major TOM Core-S1RTC (ESA Phi-lab, CC-BY-SA-4.0); contains modified Copernicus Sentinel-1 data"
 METADATA_COLUMNS = ["grid_cell", "product_id", "timestamp", "centre_lat", "centre_lon", "nodata", "parquet_url",
@@ -70,9 +73,12 @@ def parse_timestamp(value, where: str) -> str:
 
 
 def source_path(source: str, relative: str) -> str:
-    """A file of the source: a local folder's file, else `hf://datasets/<repo>/<relative>`."""
+    """A file of the source: a local folder's file, else `hf://datasets/<repo>/<relative>`; a source that is neither
+    a folder nor a Hub id (`<owner>/<name>`) is refused at once."""
     if Path(source).is_dir():
         return str(Path(source) / relative)
+    if not HUB_ID.fullmatch(source) or Path(source).exists():
+        raise ValueError(f"--source {source}: no such folder, and not a Hub dataset id (<owner>/<name>)")
     return f"hf://datasets/{source}/{relative}"
 
 
@@ -97,14 +103,19 @@ def read_metadata(source: str) -> list[Patch]:
             from fsspec.parquet import open_parquet_file
             from huggingface_hub import HfFileSystem
 
-            with open_parquet_file(location.removeprefix("hf://"), fs=HfFileSystem(), columns=METADATA_COLUMNS,
-                                   engine="pyarrow") as file:
-                table = pq.ParquetFile(file, pre_buffer=False).read(columns=METADATA_COLUMNS, use_threads=False)
+            opened = open_parquet_file(location.removeprefix("hf://"), fs=HfFileSystem(), columns=METADATA_COLUMNS,
+                                       engine="pyarrow")
         else:
-            table = pq.read_table(location, columns=METADATA_COLUMNS)
-    except Exception as error:  # network, missing repo or file, not parquet, missing columns
+            opened = open(location, "rb")
+        with opened as file:
+            parquet = pq.ParquetFile(file, pre_buffer=False)
+            missing = [name for name in METADATA_COLUMNS if name not in parquet.schema_arrow.names]
+            table = None if missing else parquet.read(columns=METADATA_COLUMNS, use_threads=False)
+    except Exception as error:  # network, missing repo or file, not parquet
         raise ValueError(f"{location}: cannot read the Major-TOM metadata ({type(error).__name__}: {error}); "
-                         f"expected columns {METADATA_COLUMNS}") from error
+                         f"expected a parquet file with columns {METADATA_COLUMNS}") from error
+    if missing:
+        raise ValueError(f"{location}: the Major-TOM metadata lacks the columns {missing}")
     rows = table.to_pylist()
     return [Patch(**{**row, "timestamp": parse_timestamp(row["timestamp"], f"{location} row {n}"),
                      "parquet_row": int(row["parquet_row"]), "nodata": float(row["nodata"] or 0)})
@@ -120,32 +131,38 @@ class PatchData:
 
 
 def read_patch(patch: Patch, source: str) -> PatchData:
-    """The patch's VV and VH GeoTIFFs from its row group. Network failures raise OSError / ValueError naming the
-    file; a row group that holds no readable GeoTIFF is `CorruptPatch` (the build skips it and lists it)."""
+    """The patch's VV and VH GeoTIFFs from its row group. A patch that cannot be had (its file or row group absent,
+    a 4xx answer, bytes that are not a patch's GeoTIFFs) is `CorruptPatch`: the harvest skips and lists it. Other
+    failures (the network, a 5xx) raise ValueError naming the file: the shard fails, and a rerun tries it again."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
     from fsspec.parquet import open_parquet_file
 
     path = file_of(patch.parquet_url, source)
-    fs = None
+    shown, fs = path, None
     if path.startswith("hf://"):
         from huggingface_hub import HfFileSystem
 
         fs, path = HfFileSystem(), path.removeprefix("hf://")
+    where = f"{shown} row group {patch.parquet_row}"
     try:
         with open_parquet_file(path, fs=fs, columns=["product_id", "vv", "vh"], row_groups=[patch.parquet_row],
                                engine="pyarrow") as file:
             table = pq.ParquetFile(file, pre_buffer=False).read_row_group(patch.parquet_row, use_threads=False,
                                                                           columns=["product_id", "vv", "vh"])
-    except (OSError, ValueError, IndexError) as error:
-        raise ValueError(f"{patch.parquet_url} row group {patch.parquet_row}: cannot read it "
-                         f"({type(error).__name__}: {error})") from error
+    except (FileNotFoundError, PermissionError, IndexError, pa.ArrowInvalid) as error:  # (no such row group: Arrow's)
+        raise CorruptPatch(f"{where}: cannot be read ({type(error).__name__}: {error})") from error
+    except (OSError, ValueError) as error:
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if status is not None and 400 <= status < 500:
+            raise CorruptPatch(f"{where}: the server answers HTTP {status}") from error
+        raise ValueError(f"{where}: cannot read it ({type(error).__name__}: {error})") from error
     row = table.to_pylist()[0]
     if row["product_id"] != patch.product_id:
-        raise CorruptPatch(f"row group {patch.parquet_row} of {patch.parquet_url} holds {row['product_id']}, the "
-                           f"metadata says {patch.product_id}")
+        raise CorruptPatch(f"{where} holds {row['product_id']}, the metadata says {patch.product_id}")
     bands = [geotiff(row[name], f"{patch.product_id} {name}") for name in ("vv", "vh")]
     (vv, crs, transform), (vh, crs_vh, transform_vh) = bands
-    if vv.shape != vh.shape or crs != crs_vh or transform != transform_vh:
+    if crs != crs_vh or transform != transform_vh:
         raise CorruptPatch(f"{patch.product_id}: vv and vh are not on one grid")
     return PatchData(vv, vh, crs, transform)
 
@@ -155,15 +172,20 @@ class CorruptPatch(ValueError):
 
 
 def geotiff(data: bytes | None, where: str):
+    """One band's values, its CRS and transform. Its size is read from the header first: a file that claims more
+    (60,000 x 60,000 px in 440 kB would decode to 13 GiB) or less than a patch is refused before any pixel."""
     if not data:
         raise CorruptPatch(f"{where}: empty")
     try:
         with MemoryFile(data) as memory, memory.open() as dataset:
-            values = dataset.read(1).astype(np.float32)
-            if dataset.nodata is not None:
-                values[values == dataset.nodata] = np.nan
+            if (dataset.width, dataset.height) != (PATCH_PIXELS, PATCH_PIXELS):
+                raise CorruptPatch(f"{where}: {dataset.width} x {dataset.height} px, a Major-TOM patch is "
+                                   f"{PATCH_PIXELS} x {PATCH_PIXELS}")
             if dataset.crs is None:
                 raise CorruptPatch(f"{where}: not georeferenced")
+            values = dataset.read(1, out_dtype=np.float32)
+            if dataset.nodata is not None:
+                values[values == dataset.nodata] = np.nan
             return values, dataset.crs, dataset.transform
     except rasterio.errors.RasterioError as error:
         raise CorruptPatch(f"{where}: not a readable GeoTIFF ({error})") from error
@@ -181,7 +203,9 @@ def select(patches: list[Patch], bbox=None, polygon=None, start: str | None = No
     keep = np.ones(len(patches), bool)
     if bbox is not None:
         west, south, east, north = bbox
-        keep &= (lons >= west) & (lons <= east) & (lats >= south) & (lats <= north)
+        across = west > east  # across the 180th meridian: from west to 180, and from -180 to east
+        keep &= ((lons >= west) | (lons <= east) if across else (lons >= west) & (lons <= east))
+        keep &= (lats >= south) & (lats <= north)
     if polygon is not None:
         keep &= polygon.contains(lons, lats)
     dates = np.array([p.date for p in patches])
@@ -195,33 +219,46 @@ def select(patches: list[Patch], bbox=None, polygon=None, start: str | None = No
 
 
 class Region:
-    """A GeoJSON (Multi)Polygon in lon/lat, holes honoured: `contains(lons, lats)` (matplotlib's point-in-path)."""
+    """A GeoJSON (Multi)Polygon in lon/lat (a geometry, a Feature or a FeatureCollection of them), holes honoured,
+    checked with shapely: anything else, or an invalid polygon, is one line naming the file and what is wrong."""
 
     def __init__(self, path):
-        from matplotlib.path import Path as Outline
+        import shapely
+        from shapely.geometry import shape
+        from shapely.validation import explain_validity
 
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:
             raise ValueError(f"{path}: not a readable GeoJSON file ({error})") from error
-        geometries = [f["geometry"] for f in data["features"]] if data.get("type") == "FeatureCollection" else \
-            [data["geometry"]] if data.get("type") == "Feature" else [data]
-        self.polygons = []
-        for geometry in geometries:
-            kind = (geometry or {}).get("type")
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a GeoJSON object (a Polygon, MultiPolygon, Feature or "
+                             f"FeatureCollection), got a JSON {type(data).__name__}")
+        if data.get("type") == "FeatureCollection":
+            features = data.get("features")
+            if not isinstance(features, list) or not features:
+                raise ValueError(f"{path}: a FeatureCollection without features")
+            geometries = [f.get("geometry") if isinstance(f, dict) else None for f in features]
+        else:
+            geometries = [data.get("geometry")] if data.get("type") == "Feature" else [data]
+        polygons = []
+        for number, geometry in enumerate(geometries):
+            where = f"{path}: geometry {number}" if len(geometries) > 1 else f"{path}:"
+            kind = geometry.get("type") if isinstance(geometry, dict) else None
             if kind not in ("Polygon", "MultiPolygon"):
-                raise ValueError(f"{path}: the region must be a Polygon or MultiPolygon, got {kind!r}")
-            for rings in [geometry["coordinates"]] if kind == "Polygon" else geometry["coordinates"]:
-                self.polygons.append([Outline(np.asarray(ring, dtype=np.float64)[:, :2]) for ring in rings])
-        self.bounds = tuple(f(np.concatenate([r.vertices for p in self.polygons for r in p])[:, i])
-                            for f, i in ((np.min, 0), (np.min, 1), (np.max, 0), (np.max, 1)))
+                raise ValueError(f"{where} the region must be a Polygon or MultiPolygon, got {kind!r}")
+            try:
+                polygon = shape(geometry)
+            except Exception:  # shapely's and numpy's errors for ragged, nested wrongly or short rings
+                raise ValueError(f"{where} its coordinates are not {kind} rings of [lon, lat] points") from None
+            if polygon.is_empty or not polygon.is_valid:
+                reason = "it is empty" if polygon.is_empty else explain_validity(polygon)
+                raise ValueError(f"{where} not a valid {kind}: {reason}")
+            polygons.append(polygon)
+        self.geometry = shapely.union_all(polygons)
+        self.bounds = self.geometry.bounds
 
     def contains(self, lons: np.ndarray, lats: np.ndarray) -> np.ndarray:
-        points = np.stack([lons, lats], -1)
-        inside = np.zeros(len(points), bool)
-        for exterior, *holes in self.polygons:
-            here = exterior.contains_points(points)
-            for hole in holes:
-                here &= ~hole.contains_points(points)
-            inside |= here
-        return inside
+        import shapely
+
+        return shapely.contains_xy(self.geometry, lons, lats)

@@ -23,14 +23,20 @@ from .alphaearth_cloud import HttpOptions, download, gdal_path
 
 BASE_URL = "https://esa-worldcover.s3.eu-central-1.amazonaws.com"
 LICENSE = "CC-BY-4.0"
-ATTRIBUTION = "ESA WorldCover project 2020 / 2021 / Contains modified Copernicus Sentinel data processed by ESA WorldCover consortium"
 CLASSES = {10: "tree cover", 20: "shrubland", 30: "grassland", 40: "cropland", 50: "built-up",
            60: "bare / sparse vegetation", 70: "snow and ice", 80: "permanent water bodies", 90: "herbaceous wetland",
            95: "mangroves", 100: "moss and lichen"}
 NODATA = 0
 VERSIONS = {2020: "v100", 2021: "v200"}
-# Public code names the grid file both ways (unverifiable offline): both are tried, in this order.
-GRID_NAMES = ("esa_worldcover_2021_grid.geojson", "esa_worldcover_grid.geojson")
+# The grid file: rslearn's name first (the bucket's own listing), then the other name public code uses.
+GRID_NAMES = ("esa_worldcover_grid.geojson", "esa_worldcover_2021_grid.geojson")
+
+
+def attribution(worldcover_map: str) -> str:
+    """The official attribution of one map ("v100/2020" or "v200/2021"), as its product user manual words it."""
+    year = worldcover_map.rsplit("/", 1)[-1]
+    return (f"\u00a9 ESA WorldCover project {year} / Contains modified Copernicus Sentinel data ({year}) processed by "
+            "ESA WorldCover consortium")
 
 
 def map_year(year: int) -> int:
