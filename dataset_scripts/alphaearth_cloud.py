@@ -150,6 +150,30 @@ def gdal_path(location: str) -> str:
     return location
 
 
+def object_store(location: str) -> dict:
+    """GDAL's settings for an object-store release. `s3://`: read unsigned unless the user has AWS credentials
+    (Source Cooperative's bucket is public, and GDAL refuses /vsis3/ without credentials otherwise); their own
+    `AWS_NO_SIGN_REQUEST` wins. `gs://`: Google's AlphaEarth bucket is requester-pays, so GDAL needs the project to
+    bill (`GS_USER_PROJECT`, read from the environment) and Google credentials; without it, one line says so."""
+    if location.startswith("s3://") and "AWS_NO_SIGN_REQUEST" not in os.environ and not aws_credentials():
+        return {"AWS_NO_SIGN_REQUEST": "YES"}
+    if location.startswith("gs://") and not os.environ.get("GS_USER_PROJECT"):
+        raise ValueError(f"{location}: Google's AlphaEarth bucket is requester-pays: set GS_USER_PROJECT to the "
+                         "Google Cloud project to bill, with Google credentials (GOOGLE_APPLICATION_CREDENTIALS), or "
+                         "read the free mirror https://data.source.coop/tge-labs/aef/v1/annual")
+    return {}
+
+
+def aws_credentials() -> bool:
+    """Whether GDAL would find AWS credentials: the environment, or the shared credentials or config file."""
+    if os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE"):
+        return True
+    home = Path.home() / ".aws"
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE", home / "credentials"),
+             os.environ.get("AWS_CONFIG_FILE", home / "config"))
+    return any(Path(file).is_file() for file in files)
+
+
 def download(url: str, http: HttpOptions) -> bytes:
     """A whole file, retried like GDAL retries the blocks: on 429 / 5xx and lost connections, the delay doubling."""
     for attempt in range(http.retries + 1):
@@ -209,6 +233,7 @@ class AlphaEarthCloud:
         folder = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "fusar-gpt" / "alphaearth"
         self.cache = BlockCache(folder, cache_bytes)
         self.headers: dict[str, dict] = {}  # read from the cache (or the file) once per process
+        self.store = object_store(self.source)  # before anything is read: a gs:// source without billing is refused
         self.index_location = index or f"{self.source}/aef_index.parquet"
         self.index = read_index(self.index_location, self.http, self.cache)
 
@@ -243,7 +268,7 @@ class AlphaEarthCloud:
             # its tiles' bytes, where /vsicurl/ would round every range to its 16 kB chunks and read ahead (~1.4x the
             # bytes for the release's one-tile-per-band files). Not for multi-block windows: there it sends one
             # request with several ranges, which S3 answers with the whole file (WorldCover's reads keep the default).
-            with rasterio.Env(**self.http.gdal(), GDAL_HTTP_MULTIRANGE="SINGLE_GET"):
+            with rasterio.Env(**self.http.gdal(), **self.store, GDAL_HTTP_MULTIRANGE="SINGLE_GET"):
                 level = overview_level(self._header(location, None), spacing_m)
                 return dequantize(self._points(location, level, crs, xs, ys))
         except rasterio.errors.RasterioError as error:

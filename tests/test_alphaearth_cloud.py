@@ -324,3 +324,38 @@ def test_a_corrupt_block_or_a_lost_network_is_a_clear_error_per_chip(release, tm
         source = cloud(server, tmp_path / "b")  # the index is read (and kept); then the network goes
     with pytest.raises(ValueError, match="tile0.tiff: cannot read this AlphaEarth file"):
         sample_anchors(source, chip, 2021)
+
+
+def test_an_s3_release_is_read_unsigned_and_a_gs_one_needs_its_billing_project(release, tmp_path):
+    """GDAL's own /vsis3/ reader against the range server as a path-style S3 endpoint on 127.0.0.1, with no AWS
+    credentials: read unsigned, as Source Cooperative's public bucket must be (GDAL refused to read without
+    credentials before), giving the anchors of the files on disk. A gs:// release without GS_USER_PROJECT (Google's
+    bucket is requester-pays) is one line saying what is needed."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from processing.anchors import as_anchor_set
+
+    shutil.copytree(release, tmp_path / "bucket" / "aef")
+    sar_chip(tmp_path / "chip.tif", LEFT + 300, TOP - 300, 150)
+    expected = sample_anchors(AlphaEarthTiles(release), Footprint(UTM, from_origin(LEFT + 300, TOP - 300, 150 / 32,
+                                                                                   150 / 32), 32, 32), 2021)
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("AWS_", "GS_"))}
+    env |= {"HOME": str(tmp_path / "home"), "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE"}
+
+    def anchors(source: str, **more) -> subprocess.CompletedProcess:
+        return subprocess.run([str(Path(sys.executable).with_name("fusar-data")), "anchors", str(tmp_path / "chip.tif"),
+                               "--source", source, "--alphaearth-index", str(release / "aef_index.parquet"),
+                               "--alphaearth-cache", str(tmp_path / "cache"), "--output", str(tmp_path / "chip.npz")],
+                              capture_output=True, text=True, timeout=600, env=env | more)
+
+    with serve(tmp_path) as server:
+        result = anchors("s3://bucket/aef", AWS_S3_ENDPOINT=server.url.removeprefix("http://"))
+        assert result.returncode == 0 and server.requests() > 0, result.stderr[-2000:]
+    np.testing.assert_array_equal(as_anchor_set(tmp_path / "chip.npz", anchor_dim=64).values, expected.values)
+    refused = anchors("gs://alphaearth_foundations/satellite_embedding/v1/annual")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "requester-pays: set GS_USER_PROJECT" in refused.stderr
