@@ -11,7 +11,8 @@ nearest the release holds) and the ESA WorldCover classes under it, from which i
     README.md                      the dataset card, written when every shard is done
 
 A shard is done when its marker exists: a killed run, run again, redoes only the others (a half-written shard is
-redone whole). Local files are written under a temporary name and renamed; a Hub file is one commit.
+redone whole). Local files are written under a temporary name and renamed; on the Hub, a shard's files and marker
+are one commit (retried while the Hub answers 429).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import math
 import os
 import sys
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -103,7 +105,8 @@ class Output:
             repo = self.location.removeprefix("hf://datasets/")
             if not self.location.startswith("hf://datasets/") or repo.count("/") != 1:
                 raise ValueError(f"--output {location}: a Hub output is hf://datasets/<user>/<name>")
-            HfApi().create_repo(repo, repo_type="dataset", exist_ok=True)
+            self.api, self.repo = HfApi(), repo
+            rate_limited(lambda: self.api.create_repo(repo, repo_type="dataset", exist_ok=True))
             self.fs, self.root = HfFileSystem(), f"datasets/{repo}"
         else:
             self.fs, self.root = fsspec.filesystem("file"), os.path.abspath(self.location)
@@ -119,11 +122,25 @@ class Output:
         return self.fs.cat_file(self.path(relative))
 
     def write(self, relative: str, data: bytes) -> None:
-        """Whole or not at all: a Hub upload is one commit; a local file is renamed into place once written."""
-        target = self.path(relative)
+        self.write_all({relative: data})
+
+    def write_all(self, files: dict[str, bytes]) -> None:
+        """Each file whole or not at all. On the Hub, all in one commit (a shard's data and marker together: the Hub
+        limits commits per hour, so a shard is one commit, not three or four), tried again while rate limited;
+        locally, each renamed into place once written, in order."""
         if self.hub:
-            self.fs.pipe_file(target, data)
+            from huggingface_hub import CommitOperationAdd
+
+            rate_limited(lambda: self.api.create_commit(  # new operations each try: a commit consumes its own
+                self.repo, repo_type="dataset", commit_message=f"fusar-data harvest: {', '.join(files)}",
+                operations=[CommitOperationAdd(relative, data) for relative, data in files.items()]))
+            self.fs.invalidate_cache()
             return
+        for relative, data in files.items():
+            self._write_local(self.path(relative), data)
+
+    @staticmethod
+    def _write_local(target: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         temporary = f"{target}.{uuid.uuid4().hex}.tmp"
         try:
@@ -199,7 +216,7 @@ def harvest_shard(job: ShardJob) -> dict:
             except ChipSkipped as error:
                 skipped.append({"patch": patch.product_id, "chip": number, "error": str(error)})
     features = datasets.Features({**FEATURES, **OPTIONAL_FEATURES})
-    counts = {}
+    counts, files = {}, {}
     by_split = {split: [r for r in rows if r["_split"] == split] for split in SPLITS}
     for split, part in by_split.items():
         if not part:
@@ -207,15 +224,32 @@ def harvest_shard(job: ShardJob) -> dict:
         columns = {name: [row[name] for row in part] for name in features}  # (not _split)
         buffer = io.BytesIO()
         datasets.Dataset.from_dict(columns, features=features).to_parquet(buffer)
-        output.write(f"data/{split}-{job.number:05d}.parquet", buffer.getvalue())
+        files[f"data/{split}-{job.number:05d}.parquet"] = buffer.getvalue()
         counts[split] = {"rows": len(part), "chips": len({r["scene_id"] for r in part}),
                          "tasks": dict(Counter(r["task"] for r in part)),
                          "dominant": dict(Counter(r["messages"][1]["content"] for r in part if r["task"] == "landcover"))}
     marker = {"shard": job.number, "splits": counts, "skipped": skipped,
               "chips": sum(len(chips) for _, chips in job.patches),
               "worldcover_maps": sorted({json.loads(r["facts"])["worldcover"] for r in rows})}
-    output.write(f".harvest/shard-{job.number:05d}.json", json.dumps(marker).encode())
+    files[f".harvest/shard-{job.number:05d}.json"] = json.dumps(marker).encode()  # last: the shard is done
+    output.write_all(files)
     return marker
+
+
+def rate_limited(call, attempts: int = 8):
+    """`call()`, made again after the wait the Hub asks for (`Retry-After`, else 1, 2, 4 ... s) while it answers 429.
+    A rate-limited commit was not made, so making it again cannot make it twice (unlike a 5xx)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    for attempt in range(attempts):
+        try:
+            return call()
+        except HfHubHTTPError as error:
+            if error.response is None or error.response.status_code != 429 or attempt == attempts - 1:
+                raise
+            wait = error.response.headers.get("Retry-After", "")
+            print(f"the Hub is rate-limiting commits: trying again in {wait or 2**attempt} s", file=sys.stderr)
+            time.sleep(float(wait) if wait.isdigit() else 2**attempt)
 
 
 class ChipSkipped(ValueError):

@@ -103,6 +103,7 @@ class Hub:
         self.log: list[str] = []  # "METHOD path status [error]" per request, for tests to inspect
         self.lfs_uploads: list[str] = []  # sha256 of each blob PUT to the LFS upload URL
         self.sent = 0  # bytes of file contents answered (`resolve`), for benchmarks
+        self.refuse_commits = 0  # the next this many commits are answered 429 (rate limited), as the Hub does
         self.url = ""
 
     def store(self, data: bytes, lfs: bool) -> Entry:
@@ -288,6 +289,10 @@ def commit(hub: Hub, req: Request):
     if req.flag("create_pr"):
         raise HubError(400, "The local hub does not do pull requests")
     repo = req.repo(hub)
+    with hub.lock:
+        if hub.refuse_commits > 0:
+            hub.refuse_commits -= 1
+            raise HubError(429, "You have exceeded the rate limit for repository commits", headers={"Retry-After": "1"})
     header, operations = {}, []
     for item in map(json.loads, filter(bytes.strip, req.body.splitlines())):
         key, value = item["key"], item["value"]

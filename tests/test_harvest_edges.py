@@ -12,7 +12,7 @@ import rasterio
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 
-from test_harvest import BBOX, FUSAR_DATA, harvest, replica  # noqa: F401  (the replica fixture)
+from test_harvest import BBOX, harvest, replica, sources  # noqa: F401  (the replica and sources fixtures)
 
 
 def copied(replica, tmp_path):  # noqa: F811
@@ -137,3 +137,19 @@ def test_bounding_boxes_and_sources_that_are_wrong_are_one_line(replica, tmp_pat
     result = harvest(*local(root, "--max-chips", "1", "--output", str(root / "across"),
                             bbox=["170", "37.5", "0", "38.5"]))
     assert "read as a box across the 180th meridian" in result.stderr and (root / "across" / "README.md").exists()
+
+
+def test_a_harvest_to_the_hub_makes_one_commit_a_shard_and_waits_out_rate_limits(sources, local_hub, tmp_path):
+    """The local Hub answers the first two commits 429 (with Retry-After, as the Hub does): the harvest waits and goes
+    on. Each shard is one commit (its data and marker together), where each file was one before."""
+    local_hub.refuse_commits = 2
+    result = harvest("--source", "Major-TOM/Core-S1RTC", *sources["args"], "--alphaearth-cache", str(tmp_path / "c"),
+                     "--max-chips", "40", "--patches-per-shard", "1", "--start", "2021-01-01",
+                     "--output", "hf://datasets/user/rated")
+    assert result.stderr.count("the Hub is rate-limiting commits: trying again in 1 s") == 2, result.stderr[-2000:]
+    repo = local_hub.repos[("dataset", "user/rated")]
+    head = repo.commits[repo.branches["main"]]
+    shards = [name for name in head.files if name.startswith(".harvest/shard-")]
+    assert len(shards) == 3 and "README.md" in head.files
+    assert len(repo.commits) == 1 + 1 + len(shards) + 1  # the repo's first, the plan, one per shard, the card
+    assert sum(" 429 " in line for line in local_hub.log) == 2
