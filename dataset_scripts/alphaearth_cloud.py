@@ -82,11 +82,16 @@ class BlockCache:
     def __setstate__(self, state):
         vars(self).update(state, lock=threading.Lock())
 
-    def _write(self, path: Path, data: bytes) -> None:
-        """Written whole or not at all; a cache that cannot be written (full disk, read-only) is only slower."""
+    def _write(self, path: Path, data: bytes | np.ndarray) -> None:
+        """Written whole or not at all; a cache that cannot be written (full disk, read-only) is only slower. An
+        array is streamed to the file as .npy, never copied in memory (a full-resolution block is 64 MiB)."""
         temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            temporary.write_bytes(data)
+            if isinstance(data, np.ndarray):
+                with open(temporary, "wb") as file:
+                    np.save(file, data, allow_pickle=False)
+            else:
+                temporary.write_bytes(data)
             os.replace(temporary, path)
         except OSError:
             temporary.unlink(missing_ok=True)
@@ -104,25 +109,24 @@ class BlockCache:
         self._write(self.path(key, ".json"), json.dumps(header).encode())
 
     def get(self, key: str) -> np.ndarray | None:
+        """The block, memory-mapped: the points read from it are the pages loaded, not its 64 MiB."""
         path = self.path(key)
         try:
-            block = np.load(path, allow_pickle=False)
+            block = np.load(path, mmap_mode="r", allow_pickle=False)
             os.utime(path)  # recently used
         except (OSError, ValueError):  # absent, evicted meanwhile, or damaged outside our control: read again
             return None
         return block
 
     def put(self, key: str, block: np.ndarray) -> None:
-        buffer = io.BytesIO()
-        np.save(buffer, block, allow_pickle=False)
-        data = buffer.getvalue()
-        if len(data) > self.max_bytes:
+        size = block.nbytes + 128  # .npy's header: 128 bytes for these shapes
+        if size > self.max_bytes:
             return
         with self.lock:
-            while self.used + len(data) > self.max_bytes and self._evict_oldest():
+            while self.used + size > self.max_bytes and self._evict_oldest():
                 pass
-            self.used += len(data)
-        self._write(self.path(key), data)
+            self.used += size
+        self._write(self.path(key), np.ascontiguousarray(block))
 
     def _evict_oldest(self) -> bool:
         """Delete the least recently used block (another process may be deleting too); False when none is left."""

@@ -359,3 +359,26 @@ def test_an_s3_release_is_read_unsigned_and_a_gs_one_needs_its_billing_project(r
     refused = anchors("gs://alphaearth_foundations/satellite_embedding/v1/annual")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "requester-pays: set GS_USER_PROJECT" in refused.stderr
+
+
+def test_a_full_resolution_block_is_cached_and_read_back_without_copies_in_memory(tmp_path):
+    """The release's blocks are 1024 x 1024 px of 64 bands: 64 MiB decoded. Putting one in the cache streams it to
+    disk (three copies in memory before: the .npy in a buffer, then its bytes); reading the points of a chip from it
+    loads their pages, not the block."""
+    import tracemalloc
+
+    from dataset_scripts.alphaearth_cloud import BlockCache
+
+    block = np.random.default_rng(0).integers(-127, 128, (64, 1024, 1024), dtype=np.int8)
+    cache = BlockCache(tmp_path, max_bytes=2**30)
+    tracemalloc.start()
+    cache.put("block", block)
+    after_put = tracemalloc.get_traced_memory()[1]
+    tracemalloc.reset_peak()
+    rows, cols = np.arange(0, 1024, 128), np.arange(5, 1024, 128)
+    points = cache.get("block")[:, rows, cols]
+    after_get = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(points, block[:, rows, cols])
+    assert after_put < 2**20 and after_get < 2**20, (after_put, after_get)  # under 1 MiB each, for a 64 MiB block
+    assert cache.used == sum(p.stat().st_size for p in tmp_path.glob("*.npy"))
