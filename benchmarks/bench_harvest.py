@@ -1,9 +1,11 @@
 """`fusar-data harvest` throughput against local replicas of its sources, measured in one process.
 
 The replicas (`tests/harvest_replica.py`, made from the real data in ../shared/data): Major-TOM Core-S1RTC on a local
-Hub (`tests/hub_server.py`, in this process), WorldCover and AlphaEarth on a local range server (its own process).
+Hub (`tests/hub_server.py`, in this process), WorldCover and AlphaEarth on a local range server (its own process);
+the AlphaEarth file has the release's geometry (8192 px, 1024-px blocks, one plane per band, 13 overviews).
 For 1 and 2 local processes and for Ray (a local instance with 2 CPUs), each from a cold AlphaEarth cache:
-chips per second, and bytes and requests fetched per chip from all three sources. Then the cost of a 1-million-chip
+chips per second, bytes and requests fetched per chip from all three sources, and the peak memory of the two
+local worker processes. Then the cost of a 1-million-chip
 build, on paper, from those figures. The servers answer at once: over the internet, latency and bandwidth add to
 the time (the bytes and requests do not change).
 
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -32,6 +35,7 @@ def main() -> int:
         print(f"skipped: the replicas are made from real data in {SHARED} (sen1floods11, aef_points), absent")
         return 0
     sys.path.insert(0, str(TESTS))
+    import dataset_scripts.alphaearth_cloud  # noqa: F401  first, as in `fusar-data`: its GDAL settings precede any GDAL use
     import harvest_replica
     import hub_server
     import range_server
@@ -49,7 +53,7 @@ def main() -> int:
 
 def measure(work: Path, args, harvest_replica, hub_server, range_server) -> None:
     repeats = 1 if args.quick else 12
-    harvest_replica.build(work / "sources", SHARED, repeats=repeats)
+    harvest_replica.build(work / "sources", SHARED, repeats=repeats, release_geometry=True)
     with hub_server.serve(work / "hub") as hub, range_server.serve(work / "sources") as files:
         os.environ.update({"HF_ENDPOINT": hub.url, "HF_TOKEN": "hf_local_bench", "HF_HOME": str(work / "hf"),
                            "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1"})
@@ -67,7 +71,8 @@ def measure(work: Path, args, harvest_replica, hub_server, range_server) -> None
         per_patch = (1068 // args.chip_size) ** 2
         print(f"{2 + 2 * repeats} patches of 2021 (1,068 px), {args.chip_size} px chips ({per_patch} per patch), "
               "8 x 8 anchors per chip")
-        print("| engine | chips/s | MiB fetched per chip | requests per chip |\n|---|---|---|---|")
+        print("| engine | chips/s | MiB fetched per chip | requests per chip | peak RSS of a worker, MiB |\n"
+              "|---|---|---|---|---|")
         for number, (name, options) in enumerate(runs):
             before = hub.sent + files.total_sent(), len(hub.log) + files.requests()
             start = time.perf_counter()
@@ -79,7 +84,10 @@ def measure(work: Path, args, harvest_replica, hub_server, range_server) -> None
             chips = count_chips(work / f"out{number}")
             fetched = hub.sent + files.total_sent() - before[0]
             requests = len(hub.log) + files.requests() - before[1]
-            print(f"| {name} | {chips / seconds:.1f} | {fetched / chips / 2**20:.2f} | {requests / chips:.1f} |")
+            # The worker processes' peak (they have ended); for the other engines the workers are not ours to wait on.
+            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if name == "local, 2 processes" else None
+            print(f"| {name} | {chips / seconds:.1f} | {fetched / chips / 2**20:.2f} | {requests / chips:.1f} | "
+                  f"{f'{peak:.0f}' if peak else '-'} |")
 
 
 def count_chips(folder: Path) -> int:

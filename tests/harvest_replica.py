@@ -27,6 +27,7 @@ from rasterio.enums import Resampling
 from rasterio.io import MemoryFile
 from rasterio.transform import from_origin
 from rasterio.warp import reproject, transform as transform_points, transform_bounds
+from rasterio.windows import Window
 
 from dataset_scripts.alphaearth import quantize
 
@@ -112,7 +113,11 @@ def write_worldcover(root: Path, patches: list[tuple[np.ndarray, float, float]])
     return path
 
 
-def write_alphaearth(root: Path, classes: np.ndarray, left: float, top: float, shared: Path, year: int = 2021) -> None:
+def write_alphaearth(root: Path, classes: np.ndarray, left: float, top: float, shared: Path, year: int = 2021,
+                     release_geometry: bool = False) -> None:
+    """The tile under patch A. `release_geometry`: as the public release's files are, 8192 x 8192 px in 1024-px blocks,
+    one plane per band, overviews down to one pixel, with patch A 2048 px in from its corner (the rest nodata, not
+    written: a sparse file); else a small tile of the patch alone (256-px blocks, pixel-interleaved)."""
     import csv
 
     vectors = {label: [] for label in range(9)}
@@ -129,11 +134,16 @@ def write_alphaearth(root: Path, classes: np.ndarray, left: float, top: float, s
         values[here] = options[pick[here] % len(options)]
     path = root / str(year) / "30N" / "tile.tiff"
     path.parent.mkdir(parents=True, exist_ok=True)
-    with rasterio.open(path, "w", driver="GTiff", width=PATCH, height=PATCH, count=64, dtype="int8", crs=UTM,
-                       transform=from_origin(left, top, PIXEL, PIXEL), tiled=True, blockxsize=256, blockysize=256,
-                       compress="deflate", nodata=-128) as dataset:
-        dataset.write(np.moveaxis(quantize(values), -1, 0))
-    west, south, east, north = transform_bounds(UTM, "EPSG:4326", left, top - PATCH * PIXEL, left + PATCH * PIXEL, top)
+    side, block, offset = (8192, 1024, 2048) if release_geometry else (PATCH, 256, 0)
+    left, top = left - offset * PIXEL, top + offset * PIXEL
+    layout = {"interleave": "band", "sparse_ok": True} if release_geometry else {}
+    with rasterio.open(path, "w", driver="GTiff", width=side, height=side, count=64, dtype="int8", crs=UTM,
+                       transform=from_origin(left, top, PIXEL, PIXEL), tiled=True, blockxsize=block, blockysize=block,
+                       compress="deflate", nodata=-128, **layout) as dataset:
+        dataset.write(np.moveaxis(quantize(values), -1, 0), window=Window(offset, offset, PATCH, PATCH))
+        if release_geometry:
+            dataset.build_overviews([2**level for level in range(1, 14)], Resampling.average)
+    west, south, east, north = transform_bounds(UTM, "EPSG:4326", left, top - side * PIXEL, left + side * PIXEL, top)
     ring = [(west, south), (east, south), (east, north), (west, north), (west, south)]
     wkb = struct.pack("<BIII", 1, 3, 1, len(ring)) + b"".join(struct.pack("<dd", *p) for p in ring)
     pq.write_table(pa.Table.from_pylist([{"path": f"s3://bucket/aef/v1/annual/{year}/30N/tile.tiff", "year": year,
@@ -141,9 +151,10 @@ def write_alphaearth(root: Path, classes: np.ndarray, left: float, top: float, s
                                           "wgs84_north": north, "geometry": wkb}]), root / "aef_index.parquet")
 
 
-def build(root: Path, shared: Path, repeats: int = 0) -> dict:
+def build(root: Path, shared: Path, repeats: int = 0, release_geometry: bool = False) -> dict:
     """All three replicas under `root` (majortom/, worldcover/, alphaearth/); returns what the tests compare with.
-    `repeats` adds that many later acquisitions of patches A and B (for benchmarks)."""
+    `repeats` adds that many later acquisitions of patches A and B (for benchmarks); `release_geometry` writes the
+    AlphaEarth tile as the release's files are (see `write_alphaearth`)."""
     vv_db, vh_db, classes, left, top = scene_on_utm_grid(shared)
     power = [np.where(np.isfinite(db), 10 ** (db / 10), 0).astype(np.float32) for db in (vv_db, vh_db)]
     shift = PATCH * PIXEL  # patch B: the next grid cell east
@@ -165,5 +176,5 @@ def build(root: Path, shared: Path, repeats: int = 0) -> dict:
                         "vv": geotiff_bytes(power[0], x, y), "vh": geotiff_bytes(power[1], x, y), **override})
     write_majortom(root / "majortom", patches)
     write_worldcover(root / "worldcover", [(classes, left, top), (classes, left + shift, top)])
-    write_alphaearth(root / "alphaearth", classes, left, top, shared)
+    write_alphaearth(root / "alphaearth", classes, left, top, shared, release_geometry=release_geometry)
     return {"patches": patches, "left": left, "top": top, "classes": classes}

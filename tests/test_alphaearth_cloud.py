@@ -382,3 +382,17 @@ def test_a_full_resolution_block_is_cached_and_read_back_without_copies_in_memor
     np.testing.assert_array_equal(points, block[:, rows, cols])
     assert after_put < 2**20 and after_get < 2**20, (after_put, after_get)  # under 1 MiB each, for a 64 MiB block
     assert cache.used == sum(p.stat().st_size for p in tmp_path.glob("*.npy"))
+
+
+def test_gdals_block_cache_is_bounded_unless_the_user_sets_it():
+    """GDAL's default is 5% of the machine's memory per process (a harvest worker reached 1.9 GB on 24 GB; 742 MiB
+    with this bound, bench_harvest.py); the user's own GDAL_CACHEMAX is kept."""
+    import os
+    import subprocess
+    import sys
+
+    show = "import dataset_scripts.alphaearth_cloud, os; print(os.environ['GDAL_CACHEMAX'])"
+    env = {name: value for name, value in os.environ.items() if name != "GDAL_CACHEMAX"}
+    assert subprocess.run([sys.executable, "-c", show], capture_output=True, text=True, env=env).stdout == "128\n"
+    assert subprocess.run([sys.executable, "-c", show], capture_output=True, text=True,
+                          env=env | {"GDAL_CACHEMAX": "512"}).stdout == "512\n"
