@@ -35,7 +35,7 @@ def main() -> int:
         print(f"skipped: the replicas are made from real data in {SHARED} (sen1floods11, aef_points), absent")
         return 0
     sys.path.insert(0, str(TESTS))
-    import dataset_scripts.alphaearth_cloud  # noqa: F401  first, as in `fusar-data`: its GDAL settings precede any GDAL use
+    import dataset_scripts.alphaearth_cloud  # noqa: F401  first, as in `fusar-data`: its GDAL settings come first
     import harvest_replica
     import hub_server
     import range_server
@@ -85,7 +85,8 @@ def measure(work: Path, args, harvest_replica, hub_server, range_server) -> None
             fetched = hub.sent + files.total_sent() - before[0]
             requests = len(hub.log) + files.requests() - before[1]
             # The worker processes' peak (they have ended); for the other engines the workers are not ours to wait on.
-            peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if name == "local, 2 processes" else None
+            workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+            peak = workers if name == "local, 2 processes" else None
             print(f"| {name} | {chips / seconds:.1f} | {fetched / chips / 2**20:.2f} | {requests / chips:.1f} | "
                   f"{f'{peak:.0f}' if peak else '-'} |")
 
