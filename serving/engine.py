@@ -123,12 +123,14 @@ class Engine:
         # Requests being read join this batch while they keep arriving: the wait ends `batch_wait` seconds after
         # the last arrival (32 requests sent at once take ~0.3 s to read on 2 cores; a fixed 0.1 s cut the first
         # batch to ~10 rows), when the batch is full, or after 10 x `batch_wait` in all.
-        waiting_for, start = self.pending.qsize() + len(self.held) + 1, time.monotonic()
-        deadline = start + self.batch_wait
-        while self.preparing and waiting_for < self.max_batch_size and time.monotonic() < deadline:
+        waiting_for, last = self.pending.qsize() + len(self.held) + 1, time.monotonic()
+        latest = last + 10 * self.batch_wait
+        while self.preparing and waiting_for < self.max_batch_size:
+            if time.monotonic() >= min(last + self.batch_wait, latest):
+                break
             time.sleep(0.002)
             if (arrived := self.pending.qsize() + len(self.held) + 1) > waiting_for:
-                waiting_for, deadline = arrived, min(time.monotonic(), start + 9 * self.batch_wait) + self.batch_wait
+                waiting_for, last = arrived, time.monotonic()
         batch, waiting = [first], []
         while len(batch) < self.max_batch_size:
             try:
