@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -248,12 +249,18 @@ class Region:
             if kind not in ("Polygon", "MultiPolygon"):
                 raise ValueError(f"{where} the region must be a Polygon or MultiPolygon, got {kind!r}")
             try:
-                polygon = shape(geometry)
+                with warnings.catch_warnings():  # NaN coordinates: numpy's warning; explain_validity names them
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    polygon = shape(geometry)
             except Exception:  # shapely's and numpy's errors for ragged, nested wrongly or short rings
                 raise ValueError(f"{where} its coordinates are not {kind} rings of [lon, lat] points") from None
             if polygon.is_empty or not polygon.is_valid:
                 reason = "it is empty" if polygon.is_empty else explain_validity(polygon)
                 raise ValueError(f"{where} not a valid {kind}: {reason}")
+            west, south, east, north = polygon.bounds
+            if not (-180 <= west and east <= 180 and -90 <= south and north <= 90):
+                raise ValueError(f"{where} reaches beyond longitudes [-180, 180] or latitudes [-90, 90] (bounds "
+                                 f"{west:g} {south:g} {east:g} {north:g}): a region is in lon/lat degrees")
             polygons.append(polygon)
         self.geometry = shapely.union_all(polygons)
         self.bounds = self.geometry.bounds

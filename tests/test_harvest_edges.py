@@ -107,6 +107,10 @@ def test_sources_are_checked_before_anything_is_written_and_their_locations_defi
     ({"type": "Polygon", "coordinates": [[[0, 0], [1], [1, 1], [0, 0]]]}, "coordinates are not Polygon rings"),
     ({"type": "Polygon", "coordinates": [[[0, 37], [1, 38], [1, 37], [0, 38], [0, 37]]]},
      "not a valid Polygon: Self-intersection[0.5 37.5]"),
+    ({"type": "Polygon", "coordinates": [[[0, 37], [float("nan"), 38], [1, 37], [0, 37]]]},
+     "not a valid Polygon: Invalid Coordinate[nan 38]"),
+    ({"type": "Polygon", "coordinates": [[[0, 37], [500, 38], [1, 37], [0, 37]]]},
+     "reaches beyond longitudes [-180, 180] or latitudes [-90, 90] (bounds 0 37 500 38)"),
 ])
 def test_a_bad_region_file_is_one_line_naming_it_and_what_is_wrong(tmp_path, region, message):
     path = tmp_path / "region.geojson"
