@@ -22,7 +22,9 @@ from command_line import command, positive_int
 from dataset_scripts.builder import split_of
 from dataset_scripts.simulate import check_outputs as check_simulation_outputs
 from dataset_scripts.simulate import scene_name, simulate
-from evaluate_bench import evaluate_checkpoint, generate_answers, score
+from evaluation.generation import generate_answers
+from evaluation.run import evaluate_checkpoint
+from evaluation.scoring import score
 from output_folders import RUN_FILES, RUN_MARKERS, check_replaceable, foreign_entries
 from train_sft import load_model, load_triplets, parse_arguments
 from train_sft import main as train

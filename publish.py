@@ -18,8 +18,8 @@ from huggingface_hub import HfApi
 
 from command_line import command
 
-PACKAGES = ("modeling_fusar", "processing", "dataset_scripts")
-MODULES = ("evaluate_bench.py", "command_line.py")  # the app's generation, and what evaluate_bench imports
+PACKAGES = ("modeling_fusar", "processing", "dataset_scripts", "evaluation")
+MODULES = ("command_line.py",)  # what those packages import from the top level
 SKIP = ["stage1/*", "stage2/*", "stage1-model/*", "*.partial/*", "**/__pycache__/*", "*.pyc", "*.cache/*"]
 
 

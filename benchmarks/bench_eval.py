@@ -12,7 +12,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import modeling_fusar  # noqa: F401
 from dataset_scripts.loading import load_triplet_dataset
-from evaluate_bench import generate_answers
+from evaluation.generation import generate_answers
 
 
 def main():

@@ -1,6 +1,8 @@
 """The README's example table for `fusar-eval --benchmark PRESET`: a tiny random FUSAR-GPT and its base on replicas of
-the SARLANG-1M, GeoChat-Bench and EarthDial layouts (`tests/benchmark_replicas.py`, a few synthetic rows each)
-served by the tests' local Hub. The figures show the table's shape, not a result: real benchmark files and weights
+the SARLANG-1M, GeoChat-Bench and EarthDial layouts (`tests/benchmark_replicas.py`, a few rows each, in the real
+files' forms) served by the tests' local Hub. Each preset prints the rows its authors' scripts print (LRBEN and
+HRBEN per question type, EarthDial's detection per size group, SARLANG's VQA per subset) and the notes that say
+which rows are this project's aggregates. The figures show the table's shape, not a result: real benchmark files and weights
 cannot be fetched on the machines this project is built on. Without anchors an untrained FUSAR-GPT is exactly its
 base, so the two columns agree.
 
@@ -36,9 +38,11 @@ def main() -> None:
         processor.save_pretrained(tmp / "fusar")
         model.vlm.save_pretrained(tmp / "base")
         benchmark_replicas.sarlang(tmp / "sarlang")
+        sardet = benchmark_replicas.sardet_images(tmp / "sardet")  # SARVQA1's images, as a user adds them
         benchmark_replicas.geochat(tmp / "geochat", tmp / "images")
         benchmark_replicas.earthdial(tmp / "earthdial")
-        for preset, extra in (("sarlang-1m", []), ("geochat-bench", ["--images", tmp / "images"]), ("earthdial", [])):
+        for preset, extra in (("sarlang-1m", ["--images", sardet]), ("geochat-bench", ["--images", tmp / "images"]),
+                              ("earthdial", [])):
             done = subprocess.run([shutil.which("fusar-eval"), tmp / "fusar", "--benchmark", preset, "--base",
                                    tmp / "base", "--limit", "4", "--max-new-tokens", "16", "--output", tmp / preset,
                                    *extra], capture_output=True, text=True)

@@ -17,16 +17,20 @@ import datasets
 from command_line import local_or_hub_id
 
 
+def folder_identity(folder: Path) -> str:
+    """A digest of a local folder: its path, and the name, size and time of every file in it."""
+    files = sorted(path for path in folder.rglob("*") if path.is_file())
+    identity = [str(folder.resolve())] + [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
+                                          for path in files]
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+
+
 def local_cache_dir(name: str) -> str | None:
     """The cache folder for a local dataset folder, None for a Hub id."""
     folder = Path(name)
     if not folder.is_dir():
         return None
-    files = sorted(path for path in folder.rglob("*") if path.is_file())
-    identity = [str(folder.resolve())] + [(str(path.relative_to(folder)), path.stat().st_size, path.stat().st_mtime_ns)
-                                          for path in files]
-    key = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return str(Path(datasets.config.HF_DATASETS_CACHE) / "fusar-gpt-local" / key)
+    return str(Path(datasets.config.HF_DATASETS_CACHE) / "fusar-gpt-local" / folder_identity(folder))
 
 
 def load_triplet_dataset(name: str, split: str | None = None):

@@ -1,5 +1,6 @@
-"""A public benchmark on the Hub as rows for `fusar-eval`: any image-question-answer or image-caption dataset,
-through a column mapping, streamed (a `--limit` sample reads a bounded part of it, never the whole dataset).
+"""A public benchmark as rows for `fusar-eval`: any image-question-answer or image-caption dataset on the Hub or in a
+local folder (parquet, CSV, JSON, an image folder, or a `save_to_disk` folder), through a column mapping; a Hub
+dataset is streamed (a `--limit` sample reads a bounded part of it, never the whole dataset).
 
 Its images carry no georeference and no anchors, so FUSAR-GPT answers them without anchors (exactly its base model
 until trained): the comparison with `--base` shows what training changed.
@@ -10,8 +11,12 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image
+
+from command_line import local_or_hub_id
+from dataset_scripts.loading import folder_identity
 
 # --metric -> (the task name the table shows, the metric module in metrics/[:configuration]); the last five are the
 # public benchmarks' own rules (evaluation/presets.py)
@@ -40,14 +45,27 @@ class ColumnMapping:
 
 @dataclass(frozen=True)
 class BenchmarkInfo:
-    repo: str
-    revision: str  # the commit read: what the prediction cache and the report record
+    repo: str  # a Hub id, or a local folder's absolute path
+    revision: str  # the commit read (a local folder: a digest of its files): what the cache and the report record
     license: str | None
+
+    @property
+    def local(self) -> bool:
+        return Path(self.repo).is_dir()
 
 
 def benchmark_info(repo: str, revision: str | None = None) -> BenchmarkInfo:
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
+
+    folder = Path(repo).expanduser()
+    if folder.is_dir():
+        if revision:
+            raise ValueError(f"--revision {revision}: not used here ({repo} is a local folder, which has no revisions)")
+        card = folder / "README.md"
+        license = _card_license(card) if card.is_file() else None
+        return BenchmarkInfo(str(folder.resolve()), folder_identity(folder), license)
+    local_or_hub_id(repo, "--benchmark")
 
     try:
         info = HfApi().dataset_info(repo, revision=revision)
@@ -61,7 +79,7 @@ def benchmark_info(repo: str, revision: str | None = None) -> BenchmarkInfo:
 
 def _license(repo: str, info) -> str | None:
     """The licence in the dataset card's metadata (the Hub's summary of it, else the card itself), if any."""
-    from huggingface_hub import hf_hub_download, metadata_load
+    from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
 
     if info.card_data is not None and info.card_data.get("license"):
@@ -70,17 +88,27 @@ def _license(repo: str, info) -> str | None:
         card = hf_hub_download(repo, "README.md", repo_type="dataset", revision=info.sha)
     except EntryNotFoundError:  # no card
         return None
+    return _card_license(Path(card))
+
+
+def _card_license(card: Path) -> str | None:
+    from huggingface_hub import metadata_load
+
     return (metadata_load(card) or {}).get("license")  # (DatasetCard.load warns about a card without metadata)
 
 
 def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | None = None, seed: int = 0) -> list[dict]:
     """The rows `fusar-eval` scores: all of the split, or `limit` of them drawn with `seed` (see `sampled`)."""
+    from datasets import Dataset, load_dataset
     from datasets import Image as Image_
-    from datasets import load_dataset
 
     if mapping.metric not in METRICS:
         raise ValueError(f"--metric {mapping.metric}: no such metric; expected one of {sorted(METRICS)}")
-    stream = load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True, revision=info.revision)
+    if info.local and _saved_to_disk(Path(info.repo)):
+        stream = _saved_split(Path(info.repo), mapping.split)
+    else:
+        stream = load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True,
+                              revision=None if info.local else info.revision)
     columns = list(stream.features) if stream.features else list(next(iter(stream), {}))
     if not columns:
         raise ValueError(f"{info.repo} ({mapping.split} split): no examples")
@@ -91,7 +119,10 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
     if stream.features and isinstance(stream.features[mapping.image], Image_):
         # Kept as bytes, opened lazily (header only): a split's decoded pixels would not fit in memory.
         stream = stream.cast_column(mapping.image, Image_(decode=False))
-    examples = sampled(stream, limit, seed) if limit else stream
+    if isinstance(stream, Dataset):  # on disk, read at random: the sample is drawn from all of it
+        examples = stream.select(sample(len(stream), limit, seed))
+    else:
+        examples = sampled(stream, limit, seed) if limit else stream
     task, metric = METRICS[mapping.metric]
     return [benchmark_row(info, mapping, task, position, example) | {"metric": metric}
             for position, example in enumerate(examples)]
@@ -148,8 +179,26 @@ def _image(value, info: BenchmarkInfo, where: str) -> Image.Image:
     if isinstance(value, dict) and value.get("bytes"):
         return Image.open(io.BytesIO(value["bytes"]))
     path = value.get("path") if isinstance(value, dict) else value
+    if isinstance(path, str) and path and info.local:
+        return Image.open(Path(info.repo) / path)
     if isinstance(path, str) and path:
         from huggingface_hub import hf_hub_download
 
         return Image.open(hf_hub_download(info.repo, path, repo_type="dataset", revision=info.revision))
     raise ValueError(f"{where}: the image column holds {type(value).__name__}, not an image, image bytes or a path")
+
+
+def _saved_to_disk(folder: Path) -> bool:
+    return (folder / "dataset_dict.json").is_file() or (folder / "state.json").is_file()
+
+
+def _saved_split(folder: Path, split: str):
+    """One split of a `save_to_disk` folder (a DatasetDict's split, or the one Dataset saved there)."""
+    from datasets import DatasetDict, load_from_disk
+
+    saved = load_from_disk(str(folder))
+    if not isinstance(saved, DatasetDict):
+        return saved
+    if split not in saved:
+        raise ValueError(f"{folder} has no {split!r} split; it has {', '.join(saved)} (choose one with --split)")
+    return saved[split]

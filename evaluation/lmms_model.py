@@ -1,6 +1,7 @@
 """FUSAR-GPT in lmms-eval, the common harness for vision-language models:
 
     lmms-eval --model fusar_gpt --model_args pretrained=CHECKPOINT[,alphaearth=URL_OR_DIR] --tasks TASKS
+    accelerate launch --num_processes 8 -m lmms_eval --model fusar_gpt ...   (each process its share of the documents)
 
 Registered through lmms-eval's `lmms_eval.models` entry point (`evaluation/lmms_registration.py`). Each document's
 image gets the anchors its document carries: the triplet dataset's anchor columns (`anchor_values`, ...), or an
@@ -37,7 +38,14 @@ class FusarGPT(lmms):
 
         if not str(batch_size).isdigit() or not str(max_new_tokens).isdigit():
             raise ValueError(f"batch_size={batch_size}, max_new_tokens={max_new_tokens}: fusar_gpt takes numbers")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # lmms-eval's --device defaults to none
+        from accelerate import Accelerator
+
+        # As lmms-eval's own models: the launcher's processes (one alone without a launcher), each on its own device;
+        # lmms-eval gives process r the documents r, r + N, ... and gathers the answers.
+        self.accelerator = Accelerator(cpu=not torch.accelerator.is_available())  # else CPU processes stay apart
+        self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+        if self._world_size > 1 or not device:  # lmms-eval's --device defaults to none; several share no device
+            device = self.accelerator.device
         self.processor = AutoProcessor.from_pretrained(pretrained)
         self.model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(device).eval()
         self.anchor_dim = getattr(self.model.config, "anchor_dim", None)  # None: not FUSAR-GPT; no anchors
@@ -47,6 +55,10 @@ class FusarGPT(lmms):
             from dataset_scripts.alphaearth_cloud import open_source
 
             self.alphaearth = open_source(alphaearth)
+
+    @property
+    def device(self) -> torch.device:  # lmms-eval's evaluator places its gathering tensors here
+        return self.model.device
 
     # -- what each document's image and anchors are
 

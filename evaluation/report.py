@@ -3,6 +3,7 @@ detection overlays, and `model-index` entries in the checkpoint's model card."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from dataset_scripts.tasks import parse_detection_answer
@@ -18,10 +19,39 @@ def headline(task: str, metrics: dict) -> tuple[str, float]:
     return name, float(metrics.get(name, float("nan")))
 
 
+def write_report(output: Path, rows, predictions: dict, results: dict, config: dict, card_of: Path | None) -> dict:
+    """`results.md` (the table, and under it what a paper cites beside it), `results.json` (config, metrics, every
+    example's question, reference and answers), the plots, and with `card_of` the checkpoint's model-index."""
+    reference = next(iter(results))
+    table = markdown_table(results, reference)
+    benchmark = config.get("benchmark")
+    if benchmark:
+        limit, per_task = config["limit"], " per task" if benchmark["columns"] is None else ""
+        drawn = f"{limit} drawn{per_task} with seed {config['seed']}" if limit else "all"
+        table += (f"\n\n{benchmark['name']}: {benchmark['repo']} at {benchmark['revision'][:12]}, licence "
+                  f"{benchmark['license'] or 'not stated'}; {len(rows)} examples ({drawn}), without anchors.")
+        table += "".join(f"\n- {note}" for note in benchmark["notes"])
+    (output / "results.md").write_text(table + "\n")
+    report = {"config": config, "metrics": results,
+              "predictions": [{"id": row["id"], "task": row["task"], "question": row["messages"][0]["content"],
+                               "reference": row["messages"][-1]["content"],
+                               **({"groups": row["groups"]} if row.get("groups") else {}),
+                               **{variant: answers[i] for variant, answers in predictions.items()}}
+                              for i, row in enumerate(rows)]}
+    (output / "results.json").write_text(json.dumps(report, indent=2, default=float))
+    bar_plot(results, output / "tasks.png")
+    detection_overlays(rows, predictions[reference], output / "detections.png")
+    if card_of is not None:
+        update_model_card(card_of, results[reference], config["manifest"] or config["dataset"], config["split"])
+    print(table)
+    return report
+
+
 def markdown_table(results: dict[str, dict[str, dict]], reference: str) -> str:
-    """One row per task (its headline metric), one column per variant, and each variant's delta to `reference`."""
+    """One row per task and per group of a task (its headline metric), one column per variant, and each variant's
+    delta to `reference`."""
     variants = list(results)
-    tasks = sorted({task for variant in results.values() for task in variant})
+    tasks = list(dict.fromkeys(task for variant in results.values() for task in variant))
     lines = ["| task (metric) | " + " | ".join(variants) + " |", "|---|" + "---:|" * len(variants)]
     for task in tasks:
         name, base = headline(task, results[reference].get(task, {}))
@@ -44,7 +74,7 @@ def bar_plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    variants, tasks = list(results), sorted({t for v in results.values() for t in v})
+    variants, tasks = list(results), [t for t in dict.fromkeys(t for v in results.values() for t in v) if ": " not in t]
     names = {t: headline(t, results[variants[0]].get(t, {}))[0] for t in tasks}
     groups = [[t for t in tasks if names[t] != "cider"], [t for t in tasks if names[t] == "cider"]]
     groups = [group for group in groups if group]
@@ -96,7 +126,9 @@ def detection_overlays(rows, predictions, path: Path, count: int = 4) -> None:
 
 
 def update_model_card(checkpoint: Path, results: dict[str, dict], dataset_name: str, split: str) -> None:
-    """Write each task's metrics as `model-index` entries into the checkpoint's README.md (kept otherwise)."""
+    """Write each task's metrics as `model-index` entries into the checkpoint's README.md (kept otherwise): one
+    result per task. The Hub's model-index tells results apart by task type and dataset (type, config, split), not
+    by task name, so each task is the dataset's configuration of that name."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     from training.report import dataset_name as card_name
@@ -107,8 +139,8 @@ def update_model_card(checkpoint: Path, results: dict[str, dict], dataset_name: 
     card.data.model_name = card.data.model_name or checkpoint.name
     card.data.eval_results = [
         EvalResult(task_type="image-text-to-text", task_name=f"SAR {task}", dataset_type=dataset_name,
-                   dataset_name=dataset_name, dataset_split=split, metric_type=name, metric_name=f"{task} {name}",
-                   metric_value=float(value))
+                   dataset_name=dataset_name, dataset_config=task, dataset_split=split, metric_type=name,
+                   metric_name=f"{task} {name}", metric_value=float(value))
         for task, metrics in results.items() for name, value in metrics.items()
         if isinstance(value, (int, float)) and name not in ("examples", "unparsable")
     ]

@@ -141,7 +141,7 @@ def read_anchors(scene, npz=None, tiles=None):
 
 def ask(model, processor, image: Image.Image, anchors, question: str, max_new_tokens: int = 96) -> str:
     """The model's greedy answer, through the same generation code as fusar-eval."""
-    from evaluate_bench import generate_answers
+    from evaluation.generation import generate_answers
 
     row = {"image": image, "messages": [{"role": "user", "content": question}], "year": None}
     return generate_answers(model, processor, [row], max_new_tokens=max_new_tokens, use_anchors=anchors is not None,

@@ -69,7 +69,7 @@ def test_a_streamed_sample_is_scored_for_the_checkpoint_and_its_base_with_the_re
                                              "license": "cc-by-4.0", "images": None, "columns": {
                                                  "image": "picture", "answer": "reference", "question": "query",
                                                  "prompt": "Describe this image.", "metric": "exact_match",
-                                                 "split": "test", "config": None}}
+                                                 "split": "test", "config": None}, "notes": []}
     assert len(report["predictions"]) == 3 and {p["task"] for p in report["predictions"]} == {"vqa"}
     references = {p["reference"] for p in report["predictions"]}
     assert references <= {"0", "1", "2", "3"}
@@ -151,3 +151,36 @@ def test_a_sample_of_a_split_in_one_file_draws_from_all_of_it(local_hub, tmp_pat
     drawn = benchmark_rows(benchmark_info("sar-lab/one-file"), ColumnMapping("image", "answer"), limit=2, seed=0)
     # 20 row groups in a seeded order: the 16 examples drawn from are not simply the file's first 16.
     assert any(int(row["messages"][1]["content"]) >= 16 for row in drawn)
+
+
+def local_benchmark(folder, rows: int = 6) -> datasets.Dataset:
+    return datasets.Dataset.from_dict({
+        "picture": [random_image(n, 56, 56) for n in range(rows)],
+        "query": [f"How many ships are in image {n}?" for n in range(rows)],
+        "reference": [str(n % 4) for n in range(rows)]}).cast_column("picture", datasets.Image())
+
+
+def test_a_local_folder_is_a_benchmark_and_a_plain_dataset_is_not_a_triplet_dataset(checkpoints, tmp_path):
+    """`--benchmark FOLDER` reads parquet files or a `save_to_disk` folder through the columns, as a Hub dataset; the
+    same folder given as `--dataset` (the triplet schema) is one line saying which flag reads it."""
+    fusar, _ = checkpoints
+    (tmp_path / "parquet" / "data").mkdir(parents=True)
+    local_benchmark(tmp_path).to_parquet(tmp_path / "parquet" / "data" / "test-00000-of-00001.parquet")
+    datasets.DatasetDict({"test": local_benchmark(tmp_path)}).save_to_disk(tmp_path / "saved")
+    reports = []
+    for folder in (tmp_path / "parquet", tmp_path / "saved"):
+        done = fusar_eval(fusar, "--benchmark", folder, *MAPPING, "--limit", 4, "--max-new-tokens", 2,
+                          "--output", tmp_path / folder.name / "out")
+        assert done.returncode == 0, done.stderr[-2000:]
+        reports.append(json.loads((tmp_path / folder.name / "out" / "results.json").read_text()))
+        assert reports[-1]["config"]["benchmark"]["repo"] == str(folder)
+    assert all(len(report["predictions"]) == 4 for report in reports)
+    assert all(p["reference"] == str(int(p["question"].split()[-1][:-1]) % 4) for r in reports for p in r["predictions"])
+    done = fusar_eval(fusar, "--benchmark", tmp_path / "saved", *MAPPING, "--revision", "main", "--output", tmp_path / "x")
+    assert done.returncode == 2 and "--revision main: not used here (" in done.stderr
+    done = fusar_eval(fusar, "--dataset", tmp_path / "parquet", "--output", tmp_path / "x")
+    error = done.stderr.strip().splitlines()[-1]  # after datasets' own "Generating test split" bars
+    assert done.returncode == 2 and error.startswith("fusar-eval: error: "), done.stderr
+    assert f"--dataset {tmp_path / 'parquet'}: not a triplet dataset (no column id, task, image, messages, " in error
+    assert f"read with --benchmark {tmp_path / 'parquet'} --image-column" in done.stderr
+    assert not (tmp_path / "x").exists()

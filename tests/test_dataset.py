@@ -134,7 +134,7 @@ def test_the_authors_manifest_as_they_write_it(tmp_path):
 
 def test_two_folders_of_the_same_name_never_share_cached_rows(tmp_path):
     """datasets keys a local folder's cache by its name: training and evaluation must each see their own rows."""
-    import evaluate_bench
+    from evaluation.sources import load_rows
     import train_sft
     from dataset_scripts.simulate import simulate
 
@@ -142,7 +142,7 @@ def test_two_folders_of_the_same_name_never_share_cached_rows(tmp_path):
     sizes = [len(train_sft.load_triplets(str(folder))["train"]) for folder in (small, large)]
     assert sizes == [len(load_triplet_dataset(str(folder))["train"]) for folder in (small, large)]
     assert sizes[0] < sizes[1]
-    assert len(evaluate_bench.load_rows(str(large), "train", None, None)) == sizes[1]
+    assert len(load_rows(str(large), "train", None, None)) == sizes[1]
 
 
 def test_a_malformed_manifest_row_is_reported_by_line_and_skipped(tmp_path):

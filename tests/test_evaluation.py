@@ -1,4 +1,4 @@
-"""evaluate_bench.py: every metric on hand-computed cases, the inputs, resumption, ablations, end to end."""
+"""fusar-eval's evaluation (evaluation/): every metric on hand-computed cases, the inputs, resumption, ablations, end to end."""
 
 import json
 
@@ -6,9 +6,12 @@ import evaluate
 import numpy as np
 import pytest
 
-import evaluate_bench
 import train_sft
-from evaluate_bench import METRICS_DIR, variant_anchors
+from evaluation import generation
+from evaluation.generation import variant_anchors
+from evaluation.run import evaluate_checkpoint
+from evaluation.scoring import METRICS_DIR, check_metrics
+from evaluation.sources import load_rows
 
 
 def metric(name):
@@ -135,7 +138,7 @@ def trained(tmp_path_factory):
 
 def test_end_to_end_with_resumption(trained, tmp_path, monkeypatch):
     data, checkpoint = trained
-    report = evaluate_bench.evaluate_checkpoint(checkpoint, dataset=str(data), split="train", output=tmp_path,
+    report = evaluate_checkpoint(checkpoint, dataset=str(data), split="train", output=tmp_path,
                                                 stage1=str(checkpoint / "stage1-model"), limit=12, max_new_tokens=8,
                                                 update_card=True)
     assert set(report["metrics"]) == {"anchors", "no anchors", "shuffled anchors", "stage 1 only"}
@@ -143,6 +146,12 @@ def test_end_to_end_with_resumption(trained, tmp_path, monkeypatch):
     assert "| task (metric) |" in (tmp_path / "results.md").read_text()
     card = (checkpoint / "README.md").read_text()
     assert "model-index" in card and "Stage 1 (knowledge injection" in card  # results added, recipe kept
+    from huggingface_hub import ModelCard
+
+    results = ModelCard.load(checkpoint / "README.md").data.to_dict()["model-index"][0]["results"]
+    tasks = sorted(report["metrics"]["anchors"])
+    assert [r["task"]["name"] for r in results] == [f"SAR {task}" for task in tasks]  # one result per task
+    assert all({m["name"].split()[0] for m in r["metrics"]} == {task} for r, task in zip(results, tasks))
     # Resumption: drop the last half of one cache, as if stopped; only those rows are generated again.
     cache = tmp_path / "predictions" / "anchors.jsonl"
     kept = {p["id"] for p in report["predictions"][:6]}
@@ -150,9 +159,9 @@ def test_end_to_end_with_resumption(trained, tmp_path, monkeypatch):
     kept_lines = [line for line in lines if json.loads(line)["id"] in kept]
     cache.write_text("\n".join([header, *kept_lines]) + '\n{"id": "cut sho')  # and a line the stop cut short
     generated = []
-    real = evaluate_bench.generate_answers
-    monkeypatch.setattr(evaluate_bench, "generate_answers", lambda m, p, batch, *a, **k: generated.extend(batch) or real(m, p, batch, *a, **k))
-    again = evaluate_bench.evaluate_checkpoint(checkpoint, dataset=str(data), split="train", output=tmp_path, limit=12,
+    real = generation.generate_answers
+    monkeypatch.setattr(generation, "generate_answers", lambda m, p, batch, *a, **k: generated.extend(batch) or real(m, p, batch, *a, **k))
+    again = evaluate_checkpoint(checkpoint, dataset=str(data), split="train", output=tmp_path, limit=12,
                                                max_new_tokens=8, update_card=False)
     assert sorted(row["id"] for row in generated) == sorted(p["id"] for p in report["predictions"][6:])
     assert [p["anchors"] for p in again["predictions"]] == [p["anchors"] for p in report["predictions"]]
@@ -163,7 +172,7 @@ def test_the_authors_manifest_as_input(trained, tmp_path):
 
     _, checkpoint = trained
     write_manifest(tmp_path)
-    report = evaluate_bench.evaluate_checkpoint(checkpoint, manifest=str(tmp_path / "manifest.jsonl"),
+    report = evaluate_checkpoint(checkpoint, manifest=str(tmp_path / "manifest.jsonl"),
                                                 output=tmp_path / "out", max_new_tokens=4, update_card=False,
                                                 variants=("anchors",))
     assert {p["task"] for p in report["predictions"]} == {"counting", "localization", "detection"}
@@ -172,10 +181,10 @@ def test_the_authors_manifest_as_input(trained, tmp_path):
 def test_a_cache_from_another_setting_is_not_reused(trained, tmp_path):
     data, checkpoint = trained
     options = dict(dataset=str(data), split="train", output=tmp_path, limit=4, update_card=False, variants=("anchors",))
-    evaluate_bench.evaluate_checkpoint(checkpoint, max_new_tokens=2, **options)
+    evaluate_checkpoint(checkpoint, max_new_tokens=2, **options)
     cache = tmp_path / "predictions" / "anchors.jsonl"
     first = cache.read_text()
-    evaluate_bench.evaluate_checkpoint(checkpoint, max_new_tokens=5, **options)
+    evaluate_checkpoint(checkpoint, max_new_tokens=5, **options)
     assert '"max_new_tokens": 5' in cache.read_text().splitlines()[0] and cache.read_text() != first
 
 
@@ -200,18 +209,18 @@ def test_malformed_boxes_are_unparsable_not_a_crash():
 def test_limit_draws_rows_with_a_seed_and_a_missing_split_names_the_others(trained):
     data = str(trained[0])
     ids = lambda rows: [row["id"] for row in rows]  # noqa: E731
-    drawn = evaluate_bench.load_rows(data, "train", None, 8, seed=0)
-    assert ids(drawn) == ids(evaluate_bench.load_rows(data, "train", None, 8, seed=0))  # repeatable
-    assert ids(drawn) != ids(evaluate_bench.load_rows(data, "train", None, 8, seed=1))
-    assert ids(drawn) != ids(evaluate_bench.load_rows(data, "train", None, None)[:8])  # not simply the first rows
+    drawn = load_rows(data, "train", None, 8, seed=0)
+    assert ids(drawn) == ids(load_rows(data, "train", None, 8, seed=0))  # repeatable
+    assert ids(drawn) != ids(load_rows(data, "train", None, 8, seed=1))
+    assert ids(drawn) != ids(load_rows(data, "train", None, None)[:8])  # not simply the first rows
     assert len({row["task"] for row in drawn}) > 1
     with pytest.raises(ValueError, match="has no 'holdout' split; it has train, validation, test"):
-        evaluate_bench.load_rows(data, "holdout", None, None)
+        load_rows(data, "holdout", None, None)
 
 
 def test_a_task_without_a_metric_is_refused_before_anything_is_generated():
     rows = [{"task": "counting"}, {"task": "segmentation"}, {"task": "sarlang-1m/vqa", "metric": "answer_contained"}]
     with pytest.raises(ValueError, match="data/x \\(test\\): no metric for the task 'segmentation'; the metrics cover "
                                          "caption, classification"):
-        evaluate_bench.check_metrics(rows, "data/x (test)")
-    evaluate_bench.check_metrics(rows[::2], "data/x (test)")
+        check_metrics(rows, "data/x (test)")
+    check_metrics(rows[::2], "data/x (test)")

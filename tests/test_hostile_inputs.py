@@ -21,6 +21,7 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 import evaluate_bench
+from evaluation.scoring import METRICS_DIR
 from dataset_scripts.tasks import parse_detection_answer
 import main_job
 import publish
@@ -295,16 +296,16 @@ def test_junk_model_output_never_stops_the_metrics():
             '[{"bbox_2d": [1e308, 1e308, -1e308, 1e999], "label": "ship"}]', '[{"bbox_2d": [5, 5, 1, 1], "label": 3}]',
             '[{"bbox_2d": [' + "9" * 400 + ', 1, 2, 3], "label": "ship"}]',  # an int too large for a float
             "{" * 3000, "middle center" * 500]
-    for name in sorted(p.name for p in evaluate_bench.METRICS_DIR.glob("sar_*")):
-        metric = evaluate.load(str(evaluate_bench.METRICS_DIR / name))
+    for name in sorted(p.name for p in METRICS_DIR.glob("sar_*")):
+        metric = evaluate.load(str(METRICS_DIR / name))
         reference = {"sar_counting": "3", "sar_detection": '[{"bbox_2d": [1, 1, 5, 5], "label": "ship"}]',
                      "sar_grid": "top-left"}.get(name, "ship")
         result = metric.compute(predictions=junk, references=[reference] * len(junk))
         assert result["examples"] == len(junk), name
-    counting = evaluate.load(str(evaluate_bench.METRICS_DIR / "sar_counting"))
+    counting = evaluate.load(str(METRICS_DIR / "sar_counting"))
     assert counting.compute(predictions=["9" * 400, "3"], references=["3", "3"])["unparsable"] == 1
     huge = '[{"bbox_2d": [' + "9" * 400 + ', 1, 2, 3], "label": "ship"}]'
-    detection = evaluate.load(str(evaluate_bench.METRICS_DIR / "sar_detection"))
+    detection = evaluate.load(str(METRICS_DIR / "sar_detection"))
     assert detection.compute(predictions=[huge], references=[huge.replace("9" * 400, "0")])["unparsable"] == 1
     assert parse_detection_answer(huge) is None  # the Space draws no boxes, and says the answer has none
 

@@ -6,15 +6,17 @@ evaluator turns every log-likelihood result into a string, for every model, so i
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import datasets
 import pytest
 from huggingface_hub import HfApi
 
 from conftest import build, random_anchors, random_image
-from evaluate_bench import generate_answers
+from evaluation.generation import generate_answers
 from processing.anchors import as_anchor_set
 from test_serve import release, scene  # noqa: F401  (an AlphaEarth release replica and a dated GeoTIFF over it)
 
@@ -71,17 +73,27 @@ def samples(folder, task: str) -> list[dict]:
     return sorted((json.loads(line) for line in path.read_text().splitlines()), key=lambda s: s["doc_id"])
 
 
-def test_lmms_eval_runs_fusar_gpt_with_each_documents_anchors(task_on_the_hub, tokenizers, tmp_path):
+ACCELERATE = [shutil.which("accelerate") or "accelerate", "launch", "--config_file",
+              str(Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "cpu_ddp.yaml"),
+              "--main_process_port", "29544", "-m", "lmms_eval"]
+
+
+@pytest.mark.parametrize("launcher", [["lmms-eval"], ACCELERATE], ids=["one-process", "accelerate-2-processes"])
+def test_lmms_eval_runs_fusar_gpt_with_each_documents_anchors(task_on_the_hub, tokenizers, tmp_path, launcher):
+    """Alone, or as two processes that each answer their share of the documents (each document exactly once)."""
     rows, tasks = task_on_the_hub
     model, processor = build(tokenizers, "qwen2_5_vl", modulate=True)
     model.save_pretrained(tmp_path / "fusar")
     processor.save_pretrained(tmp_path / "fusar")
     done = subprocess.run(
-        [shutil.which("lmms-eval"), "--model", "fusar_gpt", "--model_args", f"pretrained={tmp_path / 'fusar'}",
+        [*launcher, "--model", "fusar_gpt", "--model_args", f"pretrained={tmp_path / 'fusar'}",
          "--tasks", "sar_vqa_mini", "--include_path", str(tasks), "--batch_size", "4",
          "--output_path", str(tmp_path / "out"), "--log_samples"],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-3000:]
+    assert [s["doc_id"] for s in samples(tmp_path / "out", "sar_vqa_mini")] == list(range(6))
+    loads = done.stderr.count("Loading weights: 100%")  # transformers' bar, once in each process
+    assert loads == (2 if launcher == ACCELERATE else 1), done.stderr[-3000:]
     answers = [s["filtered_resps"] for s in samples(tmp_path / "out", "sar_vqa_mini")]
     anchors = [as_anchor_set({"values": r["anchor_values"], "positions": r["anchor_positions"],
                               "mask": r["anchor_mask"], "years": r["anchor_years"]}, anchor_dim=64)

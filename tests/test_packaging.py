@@ -25,12 +25,13 @@ def test_a_wheel_installed_elsewhere_has_the_metrics_and_the_space(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(target)}  # before the editable install's finder: the wheel's copies win
     check = (
         "import evaluate, evaluate_bench, publish; from importlib import resources; "
+        "from evaluation.scoring import METRICS_DIR; "
         f"assert evaluate_bench.__file__.startswith({str(target)!r}), evaluate_bench.__file__; "
-        f"assert str(evaluate_bench.METRICS_DIR).startswith({str(target)!r}); "
+        f"assert str(METRICS_DIR).startswith({str(target)!r}); "
         "space = resources.files('fusar_space'); "
         "assert all((space / name).is_file() for name in ('app.py', 'fusar_demo.py', 'README.md', 'requirements.txt')); "
-        "names = sorted(p.name for p in evaluate_bench.METRICS_DIR.glob('sar_*')); assert len(names) == 6, names; "
-        "[evaluate.load(str(evaluate_bench.METRICS_DIR / n)).compute(predictions=['2'], references=['2']) for n in names]; "
+        "names = sorted(p.name for p in METRICS_DIR.glob('sar_*')); assert len(names) == 6, names; "
+        "[evaluate.load(str(METRICS_DIR / n)).compute(predictions=['2'], references=['2']) for n in names]; "
         "print('ok')"
     )
     result = subprocess.run([sys.executable, "-c", check], cwd=elsewhere, env=env, capture_output=True, text=True,

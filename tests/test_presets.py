@@ -12,7 +12,7 @@ import pytest
 from huggingface_hub import HfApi
 
 import benchmark_replicas
-from evaluate_bench import METRICS_DIR
+from evaluation.scoring import METRICS_DIR
 from test_benchmarks import checkpoints, fusar_eval  # noqa: F401  (the module's tiny FUSAR-GPT and its base)
 
 
@@ -66,6 +66,12 @@ def test_each_preset_metric_is_its_authors_rule_computed_by_hand():
     assert polygon([0, 0, 40, 10, 20]).symmetric_difference(theirs).area == pytest.approx(0, abs=1e-9)
     assert polygon([0, 0, 40, 10, 340]).symmetric_difference(theirs).area > 100
 
+def benchmark_replicas_note() -> str:
+    from evaluation.presets import PRESETS
+
+    return PRESETS["sarlang-1m"][-1].without
+
+
 def results(folder) -> dict:
     return json.loads((folder / "results.json").read_text())
 
@@ -82,18 +88,31 @@ def test_sarlang_is_read_in_ranges_and_scored_with_the_authors_rules(checkpoints
     report = results(tmp_path / "out")
     assert report["config"]["benchmark"] | {"columns": 0} == {
         "name": "sarlang-1m", "repo": "YiminJimmy/SARLANG-1M", "revision": commit, "license": None, "images": None,
-        "columns": 0}
+        "columns": 0, "notes": [benchmark_replicas_note()]}
     rows = report["predictions"]
-    assert sorted(p["task"] for p in rows) == ["sarlang-1m/caption"] * 2 + ["sarlang-1m/vqa"] * 2
+    assert sorted(p["task"] for p in rows) == ["sarlang-1m/caption"] * 2 + ["sarlang-1m/caption_concise"] * 2 + \
+        ["sarlang-1m/vqa"] * 2
     assert all(p["reference"].startswith("A SAR image of harbour") for p in rows if p["task"].endswith("caption"))
+    assert all(p["reference"].startswith("A harbour with") for p in rows if p["task"].endswith("concise"))
     vqa = [p for p in rows if p["task"] == "sarlang-1m/vqa"]
     by_hand = sum(p["reference"].lower() in p["no anchors"].lower() for p in vqa) / len(vqa)
     assert report["metrics"]["no anchors"]["sarlang-1m/vqa"]["accuracy"] == by_hand
     assert {"bleu4", "rouge_l", "cider"} <= set(report["metrics"]["base model"]["sarlang-1m/caption"])
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| sarlang-1m/caption (cider" in table and "| sarlang-1m/vqa (accuracy" in table
-    assert f"sarlang-1m: YiminJimmy/SARLANG-1M at {commit[:12]}, licence not stated; 4 examples (2 drawn per task " \
+    assert f"sarlang-1m: YiminJimmy/SARLANG-1M at {commit[:12]}, licence not stated; 6 examples (2 drawn per task " \
            "with seed 0), without anchors." in table
+    assert "- sarlang-1m/vqa: SARVQA2 only, which is not the paper's VQA figure (SARVQA1 + SARVQA2)" in table
+    # With SARDet-100K's images given, SARVQA1 is asked too: the task's row is over both, each has its own row.
+    images = benchmark_replicas.sardet_images(tmp_path / "sardet")
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/vqa", "--images", images, "--limit", 2, "--max-new-tokens", 4,
+                      "--output", tmp_path / "both")
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = results(tmp_path / "both")
+    metrics = report["metrics"]["no anchors"]
+    assert [name for name in metrics] == ["sarlang-1m/vqa", "sarlang-1m/vqa: SARVQA1", "sarlang-1m/vqa: SARVQA2"]
+    assert [metrics[name]["examples"] for name in metrics] == [4, 2, 2]
+    assert "over SARVQA1 + SARVQA2, as the paper's VQA figure" in (tmp_path / "both" / "results.md").read_text()
 
 
 def replace_text_zip(vqa_csv: str) -> None:
@@ -124,7 +143,7 @@ def test_a_layout_change_is_one_line_and_the_old_revision_still_reads(checkpoint
     assert results(tmp_path / "out")["config"]["benchmark"]["revision"] == commit
     done = fusar_eval(fusar, "--benchmark", "sarlang-1m/grounding", "--output", tmp_path / "out")
     assert done.returncode == 2 and "sarlang-1m has no task 'grounding'; it has sarlang-1m/caption, " \
-                                    "sarlang-1m/vqa" in done.stderr
+                                    "sarlang-1m/caption_concise, sarlang-1m/vqa" in done.stderr
 
 
 def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(checkpoints, local_hub, tmp_path):  # noqa: F811
@@ -144,6 +163,18 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
     assert scenes <= {s.lower() for s in benchmark_replicas.SCENES}  # from the question id, not "...gt"
     assert {p["reference"] for p in report["predictions"] if p["task"] == "geochat-bench/lrben"} <= {"yes", "no"}
     assert set(report["metrics"]["no anchors"]["geochat-bench/region_captioning"]) >= {"rouge1", "rouge_l"}
+    # The scene question is GeoChat-Bench's `text` as it is (it holds its instruction), asked once.
+    assert {p["question"] for p in report["predictions"] if p["task"] == "geochat-bench/aid"} == {
+        json.loads((tmp_path / "geochat" / "aid.jsonl").read_text().splitlines()[0])["text"]}
+    # RSVQA: each question type in its own row; LRBEN without count, HRBEN without count and area, as GeoChat's table.
+    for task, types in (("lrben", {"presence", "comp", "rural_urban"}), ("hrben", {"presence", "comp"})):
+        asked = {group for p in report["predictions"] if p["task"] == f"geochat-bench/{task}" for group in p["groups"]}
+        assert asked and asked <= types
+        assert {name for name in report["metrics"]["no anchors"] if name.startswith(f"geochat-bench/{task}:")} == {
+            f"geochat-bench/{task}: {kind}" for kind in asked}
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "- geochat-bench/lrben: presence, comparison (comp) and rural/urban questions, as GeoChat's table; count " \
+           "questions are left out (--all-question-types asks them)." in table
     assert report["config"]["benchmark"]["license"] == "cc-by-4.0"
     HfApi().upload_file(path_or_fileobj=b'{"question_id": "Farmland/1"}\n[1, 2]\n', path_in_repo="aid.jsonl",
                         repo_id="MBZUAI/GeoChat-Bench", repo_type="dataset")
@@ -157,7 +188,22 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
                         path_in_repo="aid.jsonl", repo_id="MBZUAI/GeoChat-Bench", repo_type="dataset")
     done = fusar_eval(fusar, "--benchmark", "geochat-bench/aid", "--images", images, "--output", tmp_path / "out")
     assert done.returncode == 2 and "aid_0.png is " in done.stderr and "give a folder holding one benchmark's" in done.stderr
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--all-question-types",
+                      "--max-new-tokens", 3, "--output", tmp_path / "all")
+    assert done.returncode == 0, done.stderr[-2000:]
+    every = results(tmp_path / "all")
+    assert len(every["predictions"]) == 11  # every active question, count ones too
+    for kind in ("presence", "comp", "rural_urban", "count"):  # GeoChat's compact rule, by hand, per type
+        asked = [p for p in every["predictions"] if p["groups"] == [kind]]
+        by_hand = sum(p["no anchors"].replace(" ", "").lower().replace(".", "") == p["reference"] for p in asked)
+        assert every["metrics"]["no anchors"][f"geochat-bench/lrben: {kind}"]["accuracy"] == by_hand / len(asked)
     answers = images / "LR_split_test_answers.json"
+    listed = json.loads(answers.read_text())["answers"]
+    answers.write_text(json.dumps({"answers": listed + [{**listed[3], "answer": "no"}]}))  # question 3 answered twice
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--output", tmp_path / "out")
+    assert done.returncode == 2 and f"{answers}: the question_id 3 is given twice; which answer is meant is not " \
+                                    "guessed" in done.stderr
+    answers.write_text(json.dumps({"answers": listed}))
     unmatched = [{**a, "question_id": f"q{a['question_id']}"} for a in json.loads(answers.read_text())["answers"]]
     answers.write_text(json.dumps({"answers": unmatched}))  # ids that match none
     done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--output", tmp_path / "out")
@@ -167,14 +213,68 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
 def test_earthdial_sar_subsets_stream_from_save_to_disk_folders(checkpoints, local_hub, tmp_path):  # noqa: F811
     fusar, _ = checkpoints
     benchmark_replicas.earthdial(tmp_path / "earthdial")
-    done = fusar_eval(fusar, "--benchmark", "earthdial", "--limit", 2, "--max-new-tokens", 3, "--output", tmp_path / "out")
+    done = fusar_eval(fusar, "--benchmark", "earthdial", "--limit", 3, "--max-new-tokens", 3, "--output", tmp_path / "out")
     assert done.returncode == 0, done.stderr[-2000:]
     report = results(tmp_path / "out")
     metrics = report["metrics"]["no anchors"]
-    assert set(metrics) == {"earthdial/ship_dataset_v0", "earthdial/srsdd"}
-    assert metrics["earthdial/ship_dataset_v0"]["examples"] == 2 and "precision@0.5" in metrics["earthdial/ship_dataset_v0"]
-    ships = [p for p in report["predictions"] if "ship" in p["task"]]
+    ships = [p for p in report["predictions"] if p["task"] == "earthdial/ship_dataset_v0"]
+    order = ("small", "medium", "large", "single", "multiple")  # as EarthDial's eval.py prints them
+    groups = [group for group in order if any(group in p["groups"] for p in ships)]
+    assert list(metrics) == ["earthdial/ship_dataset_v0"] + [f"earthdial/ship_dataset_v0: {g}" for g in groups] + [
+        "earthdial/ship_region_captioning", "earthdial/srsdd"]
+    assert metrics["earthdial/ship_dataset_v0"]["examples"] == 3 and "precision@0.5" in metrics["earthdial/ship_dataset_v0"]
     assert all(p["reference"].startswith("[[") for p in ships)
+    assert all(p["groups"][1] == ("multiple" if p["reference"].count("[[") > 1 else "single") for p in ships)
     # EarthDial's detection_test.py prompt: its tags, a newline, "Give me the location of"; no <image> tag.
     assert {p["question"] for p in ships} == {"[refer] [s1_vh_1]  \n Give me the location of <ref>all ships</ref>"}
-    assert "| earthdial/srsdd (rouge_l" in (tmp_path / "out" / "results.md").read_text()
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| earthdial/srsdd (rouge_l" in table and "| earthdial/ship_region_captioning (rouge_l" in table
+    assert "the row without a group pools them, this project's own aggregate, which EarthDial does not print" in table
+
+
+def test_earthdial_size_groups_are_the_precisions_its_eval_py_prints():
+    """EarthDial's rs_detection/eval.py, transcribed: per group (the example's size group; one reference box or
+    several), right predicted boxes over predicted boxes. The same answers through the preset's groups."""
+    from evaluation.presets import PRESETS
+    from evaluation.scoring import task_metrics
+    from fusar_metrics.rotated_boxes.rotated_boxes import boxes, polygon
+
+    task = PRESETS["earthdial"][0]
+    examples = [("small", "[[0, 0, 10, 10, 0]]", "[[0, 0, 10, 10, 0]][[50, 50, 60, 60, 0]]"),
+                ("small", "[[0, 0, 10, 10, 0]][[20, 20, 30, 30, 0]]", "[[0, 0, 10, 10, 0]]"),
+                ("large", "[[0, 0, 40, 40, 0]][[60, 60, 90, 90, 0]]", "[[0, 0, 40, 40, 0]]"),
+                ("large", "[[60, 60, 90, 90, 0]]", "[[60, 60, 90, 90, 0]][[0, 0, 10, 10, 0]]"),
+                ("medium", "[[5, 5, 25, 25, 0]]", "no ships")]
+    hits, predicted = {}, {}
+    for size, reference, answer in examples:  # their loop
+        truth = [polygon(b) for b in boxes(reference)]
+        for group in (size, "single" if len(truth) == 1 else "multiple"):
+            predicted[group] = predicted.get(group, 0) + len(boxes(answer) or [])
+            for box in boxes(answer) or []:
+                shape = polygon(box)
+                hits[group] = hits.get(group, 0) + any(shape.intersection(t).area / shape.union(t).area >= 0.5
+                                                       for t in truth)
+    theirs = {group: hits.get(group, 0) / predicted[group] if predicted[group] else 0.0 for group in predicted}
+    rows = [{"task": task.name, "metric": task.metric, "messages": [{}, {"content": reference}],
+             "groups": task.groups({"size_group": size, "groundtruth": reference})}
+            for size, reference, _ in examples]
+    ours = task_metrics(rows, [answer for *_, answer in examples])
+    assert {name.split(": ")[1]: value["precision@0.5"] for name, value in ours.items() if ": " in name} == theirs
+    assert theirs == {"small": 2 / 3, "multiple": 1, "single": 1 / 2, "large": 2 / 3, "medium": 0}
+
+
+def test_a_zip_member_too_large_is_refused_from_the_zips_directory(checkpoints, local_hub, tmp_path):  # noqa: F811
+    """200 MiB of zeros deflates to 200 KB: the size the zip's directory states is checked before a byte of it is
+    inflated (zipfile inflates no more than that size, whatever the stream holds)."""
+    fusar, _ = checkpoints
+    benchmark_replicas.sarlang(tmp_path / "sarlang", images=2)
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as archive:
+        for n in range(2):
+            archive.writestr(f"SARimages_preprocessed/SARimages/France_Nice_{n}.png", bytes(200 * 2**20))
+    HfApi().upload_file(path_or_fileobj=bomb.getvalue(), path_in_repo="SARimages_preprocessed.zip",
+                        repo_id="YiminJimmy/SARLANG-1M", repo_type="dataset")
+    done = fusar_eval(fusar, "--benchmark", "sarlang-1m/caption", "--output", tmp_path / "out")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "SARimages_preprocessed.zip/SARimages_preprocessed/SARimages/France_Nice_0.png: 209715200 bytes, over the " \
+           "134217728 bytes such a file may have here; not read" in done.stderr

@@ -214,7 +214,7 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
     with torch.no_grad():
         assert torch.equal(local(**inputs).logits, remote(**inputs).logits)
     files = set(HfApi().list_repo_files("user/fusar-gpt-demo", repo_type="space"))
-    assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py", "evaluate_bench.py",
+    assert {"app.py", "fusar_demo.py", "requirements.txt", "README.md", "processing/sar.py", "evaluation/generation.py",
             "command_line.py", "dataset_scripts/alphaearth.py", "modeling_fusar/modeling_fusar.py"} <= files
 
     # The published Space, started from another folder with its own copies of the code, serves the published model.
@@ -224,8 +224,8 @@ def test_publish_model_dataset_and_space(checkpoint, local_hub, tmp_path, capsys
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     chip = sorted((raw / "sar").glob("*.tif"))[0]
-    script = (f"import sys; sys.path.insert(0, {str(space)!r}); import fusar_demo, evaluate_bench; "
-              f"assert fusar_demo.__file__.startswith({str(space)!r}) and evaluate_bench.__file__.startswith({str(space)!r}); "
+    script = (f"import sys; sys.path.insert(0, {str(space)!r}); import fusar_demo, evaluation.generation as generation; "
+              f"assert fusar_demo.__file__.startswith({str(space)!r}) and generation.__file__.startswith({str(space)!r}); "
               "print(fusar_demo.DEFAULT_CHECKPOINT); print(fusar_demo.checkpoint_note(fusar_demo.DEFAULT_CHECKPOINT)); "
               f"print(fusar_demo.run(fusar_demo.DEFAULT_CHECKPOINT, {str(chip)!r}, None, '', 'Count ships', '')[3])")
     result = subprocess.run([sys.executable, "-c", script], cwd=elsewhere, capture_output=True, text=True, timeout=600)

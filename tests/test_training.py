@@ -137,7 +137,7 @@ def test_both_stages_save_a_checkpoint_with_its_card(simulated, tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(output)
     processor = AutoProcessor.from_pretrained(output)
     assert type(model).__name__ == "FusarForConditionalGeneration"
-    from evaluate_bench import generate_answers
+    from evaluation.generation import generate_answers
     import datasets
 
     rows = list(datasets.load_dataset(str(simulated), split="train").select(range(2)))
