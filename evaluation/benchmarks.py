@@ -105,10 +105,10 @@ def benchmark_rows(info: BenchmarkInfo, mapping: ColumnMapping, limit: int | Non
     if mapping.metric not in METRICS:
         raise ValueError(f"--metric {mapping.metric}: no such metric; expected one of {sorted(METRICS)}")
     if info.local and _saved_to_disk(Path(info.repo)):
-        stream = _saved_split(Path(info.repo), mapping.split)
+        stream = _readable(info, lambda: _saved_split(Path(info.repo), mapping.split))
     else:
-        stream = load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True,
-                              revision=None if info.local else info.revision)
+        stream = _readable(info, lambda: load_dataset(info.repo, mapping.config, split=mapping.split, streaming=True,
+                                                      revision=None if info.local else info.revision))
     columns = list(stream.features) if stream.features else list(next(iter(stream), {}))
     if not columns:
         raise ValueError(f"{info.repo} ({mapping.split} split): no examples")
@@ -186,6 +186,16 @@ def _image(value, info: BenchmarkInfo, where: str) -> Image.Image:
 
         return Image.open(hf_hub_download(info.repo, path, repo_type="dataset", revision=info.revision))
     raise ValueError(f"{where}: the image column holds {type(value).__name__}, not an image, image bytes or a path")
+
+
+def _readable(info: BenchmarkInfo, read):
+    """`read()`; what datasets cannot read (a model folder, a broken `save_to_disk`, a missing split) is one line."""
+    from datasets.exceptions import DatasetsError
+
+    try:
+        return read()
+    except (DatasetsError, FileNotFoundError, ValueError) as error:
+        raise ValueError(f"--benchmark {info.repo}: not a dataset split that can be read here ({error})") from None
 
 
 def _saved_to_disk(folder: Path) -> bool:

@@ -63,15 +63,14 @@ class PresetTask:
 RSVQA_TYPES = ("presence", "comp", "rural_urban", "count", "area")  # GeoChat's table's order, then the others
 
 
-def _rsvqa_question(name: str, answers_file: str, images_folder: str, left_out: tuple[str, ...]) -> PresetTask:
-    types = "presence, comparison (comp) and rural/urban" if "count" in left_out and "area" not in left_out else \
-        "presence and comparison (comp)"
+def _rsvqa_question(name: str, answers_file: str, images_folder: str, asked: str,
+                    left_out: tuple[str, ...]) -> PresetTask:
     return PresetTask(f"geochat-bench/{name}", "MBZUAI/GeoChat-Bench", f"{name}.jsonl", "image", "answer",
                       "compact_match", question="text", answers_file=answers_file, local_folder=images_folder,
                       images_from=f"the RSVQA {name[:2].upper()} test set on Zenodo (records 6344334 / 6344367): "
                                   f"its images and {answers_file}",
                       groups=lambda record: [record["type"]], left_out=left_out, group_order=RSVQA_TYPES,
-                      note=f"geochat-bench/{name}: {types} questions, as GeoChat's table; {' and '.join(left_out)} "
+                      note=f"geochat-bench/{name}: {asked} questions, as GeoChat's table; {' and '.join(left_out)} "
                            "questions are left out (--all-question-types asks them). The row without a type is the "
                            "accuracy over all questions asked.")
 
@@ -114,8 +113,10 @@ PRESETS: dict[str, list[PresetTask]] = {
     "geochat-bench": [
         _scene("aid", "AID (captain-whu.github.io/AID)"),
         _scene("UCmerced", "UC Merced Land Use (weegee.vision.ucmerced.edu/datasets/landuse.html)"),
-        _rsvqa_question("lrben", "LR_split_test_answers.json", "Images_LR", ("count",)),  # RSVQA's archives' folders
-        _rsvqa_question("hrben", "USGS_split_test_phili_answers.json", "Data", ("count", "area")),
+        _rsvqa_question("lrben", "LR_split_test_answers.json", "Images_LR",  # RSVQA's archives' folders
+                        "presence, comparison (comp) and rural/urban", ("count",)),
+        _rsvqa_question("hrben", "USGS_split_test_phili_answers.json", "Data", "presence and comparison (comp)",
+                        ("count", "area")),
         PresetTask("geochat-bench/region_captioning", "MBZUAI/GeoChat-Bench", "region_captioning.jsonl",
                    "image_id", "ground_truth", "region_caption", question="question",
                    prompt="[identify] What is the object present at {question}",
@@ -141,6 +142,7 @@ PRESETS: dict[str, list[PresetTask]] = {
                    "region_caption", question="question"),
     ],
 }
+
 
 def preset_tasks(name: str) -> list[PresetTask] | None:
     """The tasks `--benchmark name` names (`preset` or `preset/task`), or None when it is no preset."""
@@ -291,15 +293,23 @@ def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: Pr
         raise ValueError(f"--benchmark {task.name}: give --images, the folder of {task.images_from}")
     answers = _rsvqa_list(answers_file, "answers", "answer")
     questions_file = answers_file.with_name(answers_file.name.replace("_answers", "_questions"))
+    repeated = next((id_ for id_, n in Counter(r.get("question_id") for r in records).items() if n > 1), None)
+    if repeated is not None:
+        raise ValueError(f"--benchmark {task.name}: {task.annotations} asks the question_id {repeated!r} twice")
     types = {}
     if any("category" not in record for record in records):
         if not questions_file.is_file():
             raise ValueError(f"--benchmark {task.name}: {task.annotations} gives no question type ('category') and "
                              f"{questions_file} is not there (RSVQA's questions file: each question's 'type')")
         types = {key: value["type"] for key, value in _rsvqa_list(questions_file, "questions", "type", "id").items()}
-    return [{**record, "answer": answers[record["question_id"]]["answer"],
-             "type": record.get("category") or types.get(record["question_id"])}
-            for record in records if record.get("question_id") in answers]
+    joined = [{**record, "answer": answers[record["question_id"]]["answer"],
+               "type": record.get("category") or types.get(record["question_id"])}
+              for record in records if record.get("question_id") in answers]
+    untyped = next((record["question_id"] for record in joined if not record["type"]), None)
+    if untyped is not None:
+        raise ValueError(f"--benchmark {task.name}: the question_id {untyped!r} has no type (no 'category' in "
+                         f"{task.annotations}, and none in {questions_file.name})")
+    return joined
 
 
 def _rsvqa_list(path: Path, key: str, field: str, identity: str = "question_id") -> dict:

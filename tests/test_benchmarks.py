@@ -184,3 +184,5 @@ def test_a_local_folder_is_a_benchmark_and_a_plain_dataset_is_not_a_triplet_data
     assert f"--dataset {tmp_path / 'parquet'}: not a triplet dataset (no column id, task, image, messages, " in error
     assert f"read with --benchmark {tmp_path / 'parquet'} --image-column" in done.stderr
     assert not (tmp_path / "x").exists()
+    done = fusar_eval(fusar, "--benchmark", fusar, *MAPPING, "--output", tmp_path / "x")  # a model folder: its JSON
+    assert done.returncode == 2 and f"--benchmark {fusar}: not a dataset split that can be read here (" in done.stderr

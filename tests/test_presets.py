@@ -204,6 +204,13 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
     assert done.returncode == 2 and f"{answers}: the question_id 3 is given twice; which answer is meant is not " \
                                     "guessed" in done.stderr
     answers.write_text(json.dumps({"answers": listed}))
+    lrben = (tmp_path / "geochat" / "lrben.jsonl").read_text()
+    HfApi().upload_file(path_or_fileobj=(lrben + lrben.splitlines(keepends=True)[2]).encode(), path_in_repo="lrben.jsonl",
+                        repo_id="MBZUAI/GeoChat-Bench", repo_type="dataset")  # question 2 asked twice
+    done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--output", tmp_path / "out")
+    assert done.returncode == 2 and "lrben.jsonl asks the question_id 2 twice" in done.stderr
+    HfApi().upload_file(path_or_fileobj=lrben.encode(), path_in_repo="lrben.jsonl", repo_id="MBZUAI/GeoChat-Bench",
+                        repo_type="dataset")
     unmatched = [{**a, "question_id": f"q{a['question_id']}"} for a in json.loads(answers.read_text())["answers"]]
     answers.write_text(json.dumps({"answers": unmatched}))  # ids that match none
     done = fusar_eval(fusar, "--benchmark", "geochat-bench/lrben", "--images", images, "--output", tmp_path / "out")
