@@ -7,6 +7,7 @@ import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hu
 import argparse
 import ipaddress
 import os
+import signal
 import socket
 import sys
 import warnings
@@ -153,8 +154,21 @@ def main(argv=None):
     app = build_app(engine, finder, settings)
     print(f"fusar-serve: {settings.model_name} on http://{args.host}:{sock.getsockname()[1]}/v1 (anchors: "
           f"{'found through ' + args.alphaearth if source else 'from requests only'})", flush=True)
+    class SignalledServer(uvicorn.Server):
+        """uvicorn's server, remembering the signal that stopped it. uvicorn raises a SIGINT again once it has shut
+        down, but asyncio's runner, whose handler it restores, may turn it into nothing: exit status 0, not 130
+        (seen under load)."""
+        signalled = None
+
+        def handle_exit(self, sig, frame):
+            self.signalled = sig
+            super().handle_exit(sig, frame)
+
+    server = SignalledServer(uvicorn.Config(app, log_level="warning"))
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        server.run(sockets=[sock])
+        if server.signalled == signal.SIGINT:
+            raise KeyboardInterrupt  # exit status 130, whatever became of the signal uvicorn raises again on its way out
     finally:
         finder.close()
         engine.close()
