@@ -97,7 +97,7 @@ class PredictionCache:
     def _check(self, row_id: str, prediction: str) -> str:
         return hashlib.sha256(json.dumps([self.header, row_id, prediction]).encode()).hexdigest()[:16]
 
-    def _line(self, row_id: str, prediction: str) -> str:
+    def line(self, row_id: str, prediction: str) -> str:
         return json.dumps({"id": row_id, "prediction": prediction, "check": self._check(row_id, prediction)}) + "\n"
 
     def parts(self) -> list[Path]:
@@ -136,7 +136,7 @@ class PredictionCache:
     def write_all(self, ids: list[str], answers: dict[str, str]) -> None:
         """Every answer in one file (written beside and renamed: a stop never leaves it half written); parts go."""
         partial = self.path.with_name(self.path.name + ".partial")
-        partial.write_text(self.header + "\n" + "".join(self._line(i, answers[i]) for i in ids))
+        partial.write_text(self.header + "\n" + "".join(self.line(i, answers[i]) for i in ids))
         os.replace(partial, self.path)
         for part in self.parts():
             part.unlink()
@@ -161,7 +161,7 @@ def cached_answers(cache: PredictionCache, model, processor, rows, anchors, use_
                                        anchors=None if anchors is None else [anchors[i] for i in chunk])
             for i, answer in zip(chunk, answers):
                 new.append((rows[i]["id"], answer))
-                file.write(cache._line(rows[i]["id"], answer))
+                file.write(cache.line(rows[i]["id"], answer))
             file.flush()
     done.update(gather_object(new))
     if state.is_main_process and (state.num_processes > 1 or cache.parts()):
