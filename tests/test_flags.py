@@ -2,6 +2,7 @@
 tables of `training/flags.py` walked against TRL's own fields, each refusal tried, the honoured ones checked."""
 
 import dataclasses
+import importlib.util
 import json
 import subprocess
 import sys
@@ -154,3 +155,32 @@ def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path
     # The tiny base was built in memory: the adapter names no base, so PEFT never asks the Hub about one.
     assert json.loads((output / "adapter_config.json").read_text())["base_model_name_or_path"] is None
     assert not [str(warning.message) for warning in recwarn if "Unable to fetch remote file" in str(warning.message)]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--fsdp", "full_shard"], "--fsdp: FSDP shards the model across processes and this run is one; launch several"),
+    (["--use_peft", "true", "--lora_r", "0"], "--lora_r 0: expected a LoRA rank of 1 or more"),
+    (["--use_peft", "true", "--lora_dropout", "1.5"], "--lora_dropout 1.5: expected a share in [0, 1)"),
+    (["--push_to_hub", "true", "--hub_model_id", "bad/name/x"], "--hub_model_id bad/name/x: expected name or user/name"),
+    (["--torch_compile", "true"], "--torch_compile true: not supported yet: compiling the whole model fails"),
+    (["--gradient_checkpointing", "true"], "--gradient_checkpointing true and --activation_checkpointing False: two "
+                                           "names of one setting that disagree"),
+])
+def test_a_flag_that_cannot_run_is_refused_before_any_folder_exists(flags, message, data, tmp_path, capsys):
+    """Each of these used to be refused (or fail) only once the output folder and stage1/ existed."""
+    (tmp_path / "config.yaml").write_text("activation_checkpointing: false\n")  # a config that says the opposite
+    config = ["--config", str(tmp_path / "config.yaml")] if "--gradient_checkpointing" in flags else []
+    status = train_sft.cli([*config, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+                            "--max_steps", "1", *flags])
+    assert status == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_flag_whose_package_is_missing_names_the_extra(data, tmp_path):
+    if importlib.util.find_spec("deepspeed"):
+        pytest.skip("DeepSpeed is installed here: its absence cannot be seen")
+    done = subprocess.run([FUSAR_TRAIN, "--dataset_name", str(data), "--output_dir", str(tmp_path / "out"),
+                           "--deepspeed", "configs/zero2.json"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0, done.stderr
+    assert 'deepspeed is not installed here; pip install "fusar-gpt[deepspeed]"' in done.stderr
+    assert not (tmp_path / "out").exists()

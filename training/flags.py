@@ -5,6 +5,7 @@ until it is placed."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -66,6 +67,13 @@ REFUSED = {
 # Defaults fusar-train sets over TRL's (`parse_arguments`): these behaviours are the recipe's, and the flags still work.
 RECIPE_DEFAULTS = {"assistant_only_loss": True, "remove_unused_columns": False}
 
+# Two names of one setting (transformers 5 renamed it): given both with different values, transformers keeps one and
+# drops the other without a word.
+SPELLINGS = [("gradient_checkpointing", "activation_checkpointing")]
+
+# Optional packages a flag needs, and the extra that installs them.
+EXTRAS = {"deepspeed": ("deepspeed", "deepspeed")}
+
 
 def default_of(name: str, dataclasses_: tuple):
     """A flag's default before any --config or command line: TRL's, then the machine's and the recipe's."""
@@ -78,25 +86,46 @@ def default_of(name: str, dataclasses_: tuple):
     return field.default_factory() if callable(field.default_factory) else field.default
 
 
-def given_flags(argv: list[str]) -> set[str]:
-    """The flag names on a command line and the keys of its --config file, as the dataclasses spell them."""
+def given_flags(argv: list[str]) -> dict:
+    """The flags a command line and the keys its --config file give, as the dataclasses spell them, with the values
+    as given (a flag without a value: True); the command line's over the file's."""
     import yaml
 
-    names = {token[2:].split("=", 1)[0].replace("-", "_") for token in argv if token.startswith("--")}
+    given = {}
     if "--config" in argv and argv.index("--config") + 1 < len(argv):
         try:
             with open(argv[argv.index("--config") + 1]) as file:
-                names |= set(yaml.safe_load(file) or {})
-        except (OSError, yaml.YAMLError, TypeError):
+                given = dict(yaml.safe_load(file) or {})
+        except (OSError, yaml.YAMLError, TypeError, ValueError):
             pass  # TrlParser reports an unreadable config in its own words
-    return names
+    for position, token in enumerate(argv):
+        if token.startswith("--"):
+            name, equals, value = token[2:].partition("=")
+            following = argv[position + 1] if position + 1 < len(argv) else "--"
+            given[name.replace("-", "_")] = value if equals else True if following.startswith("--") else following
+    return given
 
 
-def check_given(names: set[str]) -> None:
-    """A refused flag typed at all is refused, even at its default value (which fusar-train would ignore)."""
-    refused = sorted(names & set(REFUSED))
+def check_given(given: dict) -> None:
+    """Before the flags are parsed: a refused flag typed at all, even at its default value (which fusar-train would
+    ignore); two spellings of one setting that disagree; a flag whose package is missing."""
+    import importlib.util
+
+    refused = sorted(set(given) & set(REFUSED))
     if refused:
         raise ValueError(f"--{refused[0]}: not supported by fusar-train ({REFUSED[refused[0]]})")
+    for old, new in SPELLINGS:
+        if old in given and new in given and _as_bool(given[old]) != _as_bool(given[new]):
+            raise ValueError(f"--{old} {given[old]} and --{new} {given[new]}: two names of one setting that disagree "
+                             "(the command line and --config together); keep one")
+    for flag, (package, extra) in EXTRAS.items():
+        if given.get(flag) and importlib.util.find_spec(package) is None:
+            raise ValueError(f"--{flag} {given[flag]}: {package} is not installed here; pip install "
+                             f"\"fusar-gpt[{extra}]\" (or python -m pip install -e \".[{extra}]\" in a checkout)")
+
+
+def _as_bool(value) -> bool:
+    return str(value).strip().lower() in ("true", "1", "yes", "y", "t", "on")
 
 
 def check_flags(training_args, model_args) -> None:
@@ -105,6 +134,24 @@ def check_flags(training_args, model_args) -> None:
         args = training_args if hasattr(training_args, name) else model_args
         if getattr(args, name) != default_of(name, (type(training_args), type(model_args))):
             raise ValueError(f"--{name} {getattr(args, name)}: not supported by fusar-train ({why})")
+    if training_args.torch_compile:
+        raise ValueError("--torch_compile true: not supported yet: compiling the whole model fails in the vision "
+                         "tower's variable-length windows (RuntimeError: setStorage ... out of bounds, torch 2.13)")
+    if training_args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+        raise ValueError("--fsdp: FSDP shards the model across processes and this run is one; launch several "
+                         "(accelerate launch --config_file configs/accelerate/fsdp.yaml, or torchrun --nproc_per_node N)")
+    if training_args.hub_model_id:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(training_args.hub_model_id)
+        except HFValidationError:
+            raise ValueError(f"--hub_model_id {training_args.hub_model_id}: expected name or user/name (letters, "
+                             "digits, '-', '_', '.')") from None
+    if model_args.use_peft and not model_args.lora_r >= 1:
+        raise ValueError(f"--lora_r {model_args.lora_r}: expected a LoRA rank of 1 or more")
+    if model_args.use_peft and not 0 <= model_args.lora_dropout < 1:
+        raise ValueError(f"--lora_dropout {model_args.lora_dropout}: expected a share in [0, 1)")
     if training_args.activation_offloading and not torch.cuda.is_available():
         raise ValueError("--activation_offloading true: it moves activations from a GPU to CPU memory; there is no GPU")
     if training_args.loss_type != "nll":
