@@ -162,7 +162,7 @@ def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path
     (["--use_peft", "true", "--lora_r", "0"], "--lora_r 0: expected a LoRA rank of 1 or more"),
     (["--use_peft", "true", "--lora_dropout", "1.5"], "--lora_dropout 1.5: expected a share in [0, 1)"),
     (["--push_to_hub", "true", "--hub_model_id", "bad/name/x"], "--hub_model_id bad/name/x: expected name or user/name"),
-    (["--torch_compile", "true"], "--torch_compile true: not supported yet: compiling the whole model fails"),
+    (["--torch_compile", "true"], "--torch_compile true: not supported yet: the compiled model fails"),
     (["--gradient_checkpointing", "true"], "--gradient_checkpointing true and --activation_checkpointing False: two "
                                            "names of one setting that disagree"),
 ])

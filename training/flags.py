@@ -135,8 +135,8 @@ def check_flags(training_args, model_args) -> None:
         if getattr(args, name) != default_of(name, (type(training_args), type(model_args))):
             raise ValueError(f"--{name} {getattr(args, name)}: not supported by fusar-train ({why})")
     if training_args.torch_compile:
-        raise ValueError("--torch_compile true: not supported yet: compiling the whole model fails in the vision "
-                         "tower's variable-length windows (RuntimeError: setStorage ... out of bounds, torch 2.13)")
+        raise ValueError("--torch_compile true: not supported yet: the compiled model fails in its first training "
+                         "step (RuntimeError: setStorage ... out of bounds, torch 2.13)")
     if training_args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
         raise ValueError("--fsdp: FSDP shards the model across processes and this run is one; launch several "
                          "(accelerate launch --config_file configs/accelerate/fsdp.yaml, or torchrun --nproc_per_node N)")
