@@ -14,6 +14,7 @@ the base model without the anchor module (`--base`); the stage-1 checkpoint (`--
 
 from __future__ import annotations
 
+import shared_machine  # noqa: F401  (before torch: its OpenMP threads then sleep when they wait)
 import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
 
 import argparse

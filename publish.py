@@ -8,6 +8,7 @@ folder is uploaded with its card; the Space gets the packages its app imports be
 
 from __future__ import annotations
 
+import shared_machine  # noqa: F401  (before torch: its OpenMP threads then sleep when they wait)
 import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
 
 import argparse

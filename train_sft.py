@@ -11,6 +11,7 @@ with the anchor module frozen, starting from stage 1's result.
 
 from __future__ import annotations
 
+import shared_machine  # noqa: F401  (before torch: its OpenMP threads then sleep when they wait)
 import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
 
 import dataclasses

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shared_machine  # noqa: F401  (before torch: its OpenMP threads then sleep when they wait)
 import hub_kernels  # noqa: F401  (before peft: bitsandbytes then looks up no Hub kernel unasked)
 
 import argparse
