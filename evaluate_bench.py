@@ -33,9 +33,14 @@ def refuse_flags_that_do_not_apply(args) -> None:
         return ["--" + name.replace("_", "-") for name in names if getattr(args, name) not in (None, False)]
 
     presets = ("images", "all_question_types")
-    if args.benchmark and preset_tasks(args.benchmark):
+    tasks = preset_tasks(args.benchmark) if args.benchmark else None
+    if tasks:
         wrong, why = given(COLUMN_FLAGS + ("split",)), f"--benchmark {args.benchmark} is a preset: it reads its " \
                                                        "own files and scores by its authors' rules"
+        if not wrong and args.images and all(task.images for task in tasks):
+            wrong, why = ["--images"], f"every image of --benchmark {args.benchmark} is read from the Hub"
+        if not wrong and args.all_question_types and not any(task.left_out for task in tasks):
+            wrong, why = ["--all-question-types"], f"--benchmark {args.benchmark} leaves no question type out"
     elif args.benchmark:
         wrong, why = given(presets), "it is for a preset"
         if args.question_column and args.prompt:
@@ -78,7 +83,7 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--max-new-tokens", type=positive_int, default=128)
     parser.add_argument("--limit", type=positive_int, help="evaluate N rows drawn at random (with --seed); of a "
-                                                           "preset, N per task")
+                                                           "preset, N per task file (SARLANG's VQA: N of each subset)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --limit draw")
     parser.add_argument("--card", action="store_true", help="write the results into the checkpoint's model card "
                                                             "(model-index); evaluate the whole held-out split for that")

@@ -125,12 +125,16 @@ class PredictionCache:
         return done
 
     def writer(self, rank: int, world: int):
-        """The file this process appends to, started with the header when it is new or was made otherwise."""
+        """The file this process appends to, started with the header when it is new or was made otherwise, and cut
+        back to its last whole line (a stop may have left half of one, which the next line must not join)."""
         path = self.path if world == 1 else self.path.with_name(f"{self.path.stem}.part{rank}.jsonl")
-        lines = path.read_text().splitlines()[:1] if path.exists() else []
-        if lines != [self.header]:
+        text = path.read_bytes() if path.exists() else b""
+        if not text.startswith((self.header + "\n").encode()):
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(self.header + "\n")
+        elif not text.endswith(b"\n"):
+            with path.open("r+b") as file:
+                file.truncate(text.rindex(b"\n") + 1)
         return path.open("a")
 
     def write_all(self, ids: list[str], answers: dict[str, str]) -> None:
@@ -146,24 +150,33 @@ def cached_answers(cache: PredictionCache, model, processor, rows, anchors, use_
                    max_new_tokens: int) -> list[str]:
     """Answers for every row: those in the cache, and the others generated batch by batch (this process's share of
     the batches when several run), each batch appended as it is done, so that a stop loses at most one batch."""
-    from accelerate.utils import gather_object
+    from accelerate.utils import broadcast_object_list, gather_object
 
     state = processes()
-    done = cache.read()
-    state.wait_for_everyone()  # every process has read the cache before any writes to it: all split the same rows
+    # The main process reads the cache (every process's part of it) and all split the same rows from what it found.
+    done = broadcast_object_list([cache.read() if state.is_main_process else None])[0]
     todo = sorted((i for i, row in enumerate(rows) if row["id"] not in done), key=lambda i: rows[i]["task"])
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    mine, new = batches[state.process_index :: state.num_processes], []
+    mine, new, failure = batches[state.process_index :: state.num_processes], [], None
     with cache.writer(state.process_index, state.num_processes) as file:
-        for chunk in tqdm(mine, desc=cache.path.stem, disable=not mine or not state.is_main_process):
-            answers = generate_answers(model, processor, [rows[i] for i in chunk], batch_size, max_new_tokens,
-                                       use_anchors, progress=False,
-                                       anchors=None if anchors is None else [anchors[i] for i in chunk])
-            for i, answer in zip(chunk, answers):
-                new.append((rows[i]["id"], answer))
-                file.write(cache.line(rows[i]["id"], answer))
-            file.flush()
-    done.update(gather_object(new))
+        try:
+            for chunk in tqdm(mine, desc=cache.path.stem, disable=not mine or not state.is_main_process):
+                answers = generate_answers(model, processor, [rows[i] for i in chunk], batch_size, max_new_tokens,
+                                           use_anchors, progress=False,
+                                           anchors=None if anchors is None else [anchors[i] for i in chunk])
+                for i, answer in zip(chunk, answers):
+                    new.append((rows[i]["id"], answer))
+                    file.write(cache.line(rows[i]["id"], answer))
+                file.flush()
+        except Exception as error:  # a bad image, no memory left: the others must hear of it, not wait for this one
+            failure = error
+    gathered = gather_object([(new, None if failure is None else f"{type(failure).__name__}: {failure}")])
+    if failure is not None:
+        raise failure
+    stopped = next((error for _, error in gathered if error), None)
+    if stopped:
+        raise ValueError(f"another process stopped ({stopped}); the answers so far are kept in {cache.path.parent}")
+    done.update(pair for answers, _ in gathered for pair in answers)
     if state.is_main_process and (state.num_processes > 1 or cache.parts()):
         cache.write_all([row["id"] for row in rows], done)
     state.wait_for_everyone()

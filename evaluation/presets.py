@@ -156,12 +156,14 @@ def preset_tasks(name: str) -> list[PresetTask] | None:
     return tasks
 
 
-def asked_tasks(tasks: list[PresetTask], images: str | None) -> tuple[list[PresetTask], list[str]]:
-    """The tasks that are asked, and the notes a reader of the table needs: what each says, or, for an optional task
-    whose images were not given, that it was left out."""
+def asked_tasks(tasks: list[PresetTask], images: str | None, all_groups: bool = False) -> tuple[list, list[str]]:
+    """The tasks that are asked, and the notes a reader of the table needs: what each says (or, with `all_groups`,
+    that the groups the authors leave out were asked), and which optional tasks were left out for want of images."""
     asked = [task for task in tasks if images or not task.optional]
-    notes = [task.note for task in asked if task.note] + [task.without for task in tasks if task not in asked]
-    return asked, list(dict.fromkeys(notes))
+    notes = [f"{task.name}: every question type asked (--all-question-types), {' and '.join(task.left_out)} too: "
+             "the row without a type is not the authors' figure." if task.left_out and all_groups else task.note
+             for task in asked if task.note]
+    return asked, list(dict.fromkeys(notes + [task.without for task in tasks if task not in asked]))
 
 
 def preset_rows(task: PresetTask, info: BenchmarkInfo, limit: int | None = None, seed: int = 0,
@@ -293,7 +295,8 @@ def _with_rsvqa_answers(records: list[dict], answers_file: Path | None, task: Pr
         raise ValueError(f"--benchmark {task.name}: give --images, the folder of {task.images_from}")
     answers = _rsvqa_list(answers_file, "answers", "answer")
     questions_file = answers_file.with_name(answers_file.name.replace("_answers", "_questions"))
-    repeated = next((id_ for id_, n in Counter(r.get("question_id") for r in records).items() if n > 1), None)
+    repeated = next((id_ for id_, n in Counter(r["question_id"] for r in records if "question_id" in r).items()
+                     if n > 1), None)
     if repeated is not None:
         raise ValueError(f"--benchmark {task.name}: {task.annotations} asks the question_id {repeated!r} twice")
     types = {}

@@ -26,7 +26,7 @@ def write_report(output: Path, rows, predictions: dict, results: dict, config: d
     table = markdown_table(results, reference)
     benchmark = config.get("benchmark")
     if benchmark:
-        limit, per_task = config["limit"], " per task" if benchmark["columns"] is None else ""
+        limit, per_task = config["limit"], " per task file" if benchmark["columns"] is None else ""
         drawn = f"{limit} drawn{per_task} with seed {config['seed']}" if limit else "all"
         table += (f"\n\n{benchmark['name']}: {benchmark['repo']} at {benchmark['revision'][:12]}, licence "
                   f"{benchmark['license'] or 'not stated'}; {len(rows)} examples ({drawn}), without anchors.")

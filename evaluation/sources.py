@@ -56,7 +56,7 @@ def benchmark_source(benchmark: str, mapping, revision, limit, seed, images, all
         info = benchmark_info(benchmark, revision)
         return benchmark_rows(info, mapping, limit, seed), info, mapping.split, mapping, []
     info = benchmark_info(tasks[0].repo, revision)  # a preset's tasks share one repo
-    asked, notes = asked_tasks(tasks, images)
+    asked, notes = asked_tasks(tasks, images, all_groups)
     rows = [row for task in asked for row in preset_rows(task, info, limit, seed, images, all_groups)]
     return rows, info, "test", None, notes
 

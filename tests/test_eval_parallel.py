@@ -115,3 +115,25 @@ def test_an_answer_edited_in_the_cache_is_asked_anew(evaluation, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{cache}: 1 cached answers are not as this run wrote them (cut short or edited): asked anew" in done.stderr
     assert "a perfect answer" not in json.dumps(report(tmp_path)["predictions"])
+
+
+def test_a_process_that_fails_stops_the_others_instead_of_leaving_them_waiting(evaluation, tmp_path):
+    """A truncated image in the second process's share: that process stops with its error, and the first, instead of
+    waiting for it at the gathering, stops saying another process did."""
+    import datasets
+
+    from conftest import random_image
+
+    folder, options = evaluation
+    images = []
+    for n in range(4):
+        buffer = __import__("io").BytesIO()
+        random_image(n, 56, 56).save(buffer, "PNG")
+        images.append({"bytes": buffer.getvalue()[: 200 if n == 3 else None], "path": None})
+    datasets.Dataset.from_dict({"image": images, "question": ["Any ships?"] * 4, "answer": ["no"] * 4}).cast_column(
+        "image", datasets.Image()).save_to_disk(tmp_path / "bench")
+    done = run(torchrun(29545), [options[0], "--benchmark", str(tmp_path / "bench"), "--question-column", "question",
+                                 "--batch-size", "1", "--max-new-tokens", "2"], tmp_path / "out")
+    assert done.returncode != 0
+    assert "fusar-eval: error: another process stopped (" in done.stderr, done.stderr[-3000:]
+    assert len(answers_in(tmp_path / "out" / "predictions" / "no_anchors.part0.jsonl")) == 2  # kept for a rerun

@@ -101,7 +101,7 @@ def test_sarlang_is_read_in_ranges_and_scored_with_the_authors_rules(checkpoints
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| sarlang-1m/caption (cider" in table and "| sarlang-1m/vqa (accuracy" in table
     assert f"sarlang-1m: YiminJimmy/SARLANG-1M at {commit[:12]}, licence not stated; 6 examples (2 drawn per task " \
-           "with seed 0), without anchors." in table
+           "file with seed 0), without anchors." in table
     assert "- sarlang-1m/vqa: SARVQA2 only, which is not the paper's VQA figure (SARVQA1 + SARVQA2)" in table
     # With SARDet-100K's images given, SARVQA1 is asked too: the task's row is over both, each has its own row.
     images = benchmark_replicas.sardet_images(tmp_path / "sardet")
@@ -193,6 +193,8 @@ def test_geochat_bench_reads_its_images_and_rsvqa_answers_from_a_local_folder(ch
     assert done.returncode == 0, done.stderr[-2000:]
     every = results(tmp_path / "all")
     assert len(every["predictions"]) == 11  # every active question, count ones too
+    assert "every question type asked (--all-question-types), count too: the row without a type is not the " \
+           "authors' figure" in (tmp_path / "all" / "results.md").read_text()
     for kind in ("presence", "comp", "rural_urban", "count"):  # GeoChat's compact rule, by hand, per type
         asked = [p for p in every["predictions"] if p["groups"] == [kind]]
         by_hand = sum(p["no anchors"].replace(" ", "").lower().replace(".", "") == p["reference"] for p in asked)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .launch import WORLD_SIZE_VARIABLES
+
 GENERATION_MARKER = re.compile(r"{%-?\s*generation\s*-?%}")  # around the assistant's turns in a training template
 
 # TRL's own fields (SFTConfig beyond TrainingArguments, and ModelConfig) that work, and how.
@@ -137,7 +139,7 @@ def check_flags(training_args, model_args) -> None:
     if training_args.torch_compile:
         raise ValueError("--torch_compile true: not supported yet: the compiled model fails in its first training "
                          "step (RuntimeError: setStorage ... out of bounds, torch 2.13)")
-    if training_args.fsdp and int(os.environ.get("WORLD_SIZE", "1")) < 2:
+    if training_args.fsdp and not any(int(os.environ.get(name, "1")) > 1 for name in WORLD_SIZE_VARIABLES):
         raise ValueError("--fsdp: FSDP shards the model across processes and this run is one; launch several "
                          "(accelerate launch --config_file configs/accelerate/fsdp.yaml, or torchrun --nproc_per_node N)")
     if training_args.hub_model_id:
