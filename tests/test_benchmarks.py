@@ -186,3 +186,16 @@ def test_a_local_folder_is_a_benchmark_and_a_plain_dataset_is_not_a_triplet_data
     assert not (tmp_path / "x").exists()
     done = fusar_eval(fusar, "--benchmark", fusar, *MAPPING, "--output", tmp_path / "x")  # a model folder: its JSON
     assert done.returncode == 2 and f"--benchmark {fusar}: not a dataset split that can be read here (" in done.stderr
+
+
+def test_preset_flags_that_no_task_would_use_are_refused(capsys, tmp_path):
+    import evaluate_bench
+
+    for argv, message in (
+            (["--benchmark", "sarlang-1m/caption", "--images", str(tmp_path)],
+             "--images: not used here (every image of --benchmark sarlang-1m/caption is read from the Hub)"),
+            (["--benchmark", "earthdial", "--all-question-types"],
+             "--all-question-types: not used here (--benchmark earthdial leaves no question type out)")):
+        assert evaluate_bench.main([str(tmp_path), *argv, "--output", str(tmp_path / "out")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
