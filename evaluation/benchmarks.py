@@ -54,12 +54,13 @@ class BenchmarkInfo:
         return Path(self.repo).is_dir()
 
 
-def benchmark_info(repo: str, revision: str | None = None) -> BenchmarkInfo:
+def benchmark_info(repo: str, revision: str | None = None, local: bool = True) -> BenchmarkInfo:
+    """The benchmark's commit and licence: a Hub dataset's, or (with `local`) a local folder's of that name."""
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import RepositoryNotFoundError, RevisionNotFoundError
 
     folder = Path(repo).expanduser()
-    if folder.is_dir():
+    if local and folder.is_dir():
         if revision:
             raise ValueError(f"--revision {revision}: not used here ({repo} is a local folder, which has no revisions)")
         card = folder / "README.md"

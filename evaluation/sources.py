@@ -55,7 +55,8 @@ def benchmark_source(benchmark: str, mapping, revision, limit, seed, images, all
     if not tasks:
         info = benchmark_info(benchmark, revision)
         return benchmark_rows(info, mapping, limit, seed), info, mapping.split, mapping, []
-    info = benchmark_info(tasks[0].repo, revision)  # a preset's tasks share one repo
+    info = benchmark_info(tasks[0].repo, revision, local=False)  # one Hub repo for a preset's tasks, whatever
+    # folder of that name the working directory holds (`hf download ... --local-dir MBZUAI/GeoChat-Bench`)
     asked, notes = asked_tasks(tasks, images, all_groups)
     rows = [row for task in asked for row in preset_rows(task, info, limit, seed, images, all_groups)]
     return rows, info, "test", None, notes

@@ -287,3 +287,14 @@ def test_a_zip_member_too_large_is_refused_from_the_zips_directory(checkpoints, 
     assert done.returncode == 2, done.stderr[-2000:]
     assert "SARimages_preprocessed.zip/SARimages_preprocessed/SARimages/France_Nice_0.png: 209715200 bytes, over the " \
            "134217728 bytes such a file may have here; not read" in done.stderr
+
+
+def test_a_preset_reads_the_hub_even_beside_a_folder_of_its_repos_name(local_hub, tmp_path, monkeypatch):
+    """A user who downloaded the repo with `--local-dir YiminJimmy/SARLANG-1M` still gets the preset's Hub reading."""
+    from evaluation.sources import benchmark_source
+
+    commit = benchmark_replicas.sarlang(tmp_path / "sarlang", images=2)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "YiminJimmy" / "SARLANG-1M").mkdir(parents=True)
+    rows, info, *_ = benchmark_source("sarlang-1m/vqa", None, None, 1, 0, None)
+    assert (info.repo, info.revision, len(rows)) == ("YiminJimmy/SARLANG-1M", commit, 1)
