@@ -64,8 +64,8 @@ def benchmark_info(repo: str, revision: str | None = None, local: bool = True) -
         if revision:
             raise ValueError(f"--revision {revision}: not used here ({repo} is a local folder, which has no revisions)")
         card = folder / "README.md"
-        license = _card_license(card) if card.is_file() else None
-        return BenchmarkInfo(str(folder.resolve()), folder_identity(folder), license)
+        licence = _card_license(card) if card.is_file() else None
+        return BenchmarkInfo(str(folder.resolve()), folder_identity(folder), licence)
     local_or_hub_id(repo, "--benchmark")
 
     try:

@@ -3,7 +3,8 @@ prediction cache, split across the processes `accelerate launch` or `torchrun` s
 
 Data-parallel: the rows still to answer are cut into the batches one process would make, and process r answers
 batches r, r + N, r + 2N ... . Each batch is then computed exactly as one process computes it, so greedy answers
-equal a one-process run's (same arithmetic, same thread count). Each process appends to its own part of the cache;
+equal a one-process run's with as many threads as each process has (torchrun gives each one thread unless
+OMP_NUM_THREADS says otherwise; on CPUs another thread count may change the last bits, and then an answer). Each process appends to its own part of the cache;
 the main process gathers every answer, folds the parts into one file and is the only one to write reports.
 """
 
