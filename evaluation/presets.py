@@ -51,7 +51,7 @@ class PresetTask:
     answers_file: str | None = None  # RSVQA: the answers are in a file beside the images
     local_folder: str = ""  # the folder under --images that holds this task's images, when names repeat
     rewrites: tuple[tuple[str, str], ...] = ()  # what the authors' own script replaces in a question
-    part: str = ""  # one file of a task read from several (SARVQA1 of SARLANG's VQA): a group of its own
+    part: str = ""  # one file of a task read from several (SARVQA1 of SARLANG's VQA): its rows' group
     optional: bool = False  # asked only when its images are given (--images); else left out, and said so
     groups: Callable[[dict], list[str]] | None = None  # the groups a record's row is scored in besides the task
     group_order: tuple[str, ...] = ()  # the order of the groups' rows, as the authors print them
@@ -101,11 +101,11 @@ PRESETS: dict[str, list[PresetTask]] = {
                    prompt="Describe this SAR image briefly.", images=SARLANG_IMAGES),
         PresetTask("sarlang-1m/vqa", "YiminJimmy/SARLANG-1M", "Text.zip/Text/VQA/test/SARVQA2_test.csv",
                    "Image Name", "Answer", "answer_contained", question="Question", images=SARLANG_IMAGES,
-                   part="SARVQA2", groups=lambda record: ["SARVQA2"], group_order=("SARVQA1", "SARVQA2")),
+                   part="SARVQA2", group_order=("SARVQA1", "SARVQA2")),
         PresetTask("sarlang-1m/vqa", "YiminJimmy/SARLANG-1M", "Text.zip/Text/VQA/test/SARVQA1_test.csv",
                    "Image Name", "Answer", "answer_contained", question="Question", part="SARVQA1", optional=True,
                    images_from="SARDet-100K's images (github.com/zcablii/SARDet_100K), as SARLANG-1M's README says",
-                   groups=lambda record: ["SARVQA1"], group_order=("SARVQA1", "SARVQA2"),
+                   group_order=("SARVQA1", "SARVQA2"),
                    note="sarlang-1m/vqa: over SARVQA1 + SARVQA2, as the paper's VQA figure; each in its own row.",
                    without="sarlang-1m/vqa: SARVQA2 only, which is not the paper's VQA figure (SARVQA1 + SARVQA2); "
                            "SARVQA1 needs SARDet-100K's images: --images DIR."),
@@ -220,7 +220,7 @@ def _row(task: PresetTask, record: dict, position: int, find_image) -> dict:
         raise ValueError(f"{where}: no field {missing[0]!r} (the {task.name} preset's layout); it has {sorted(record)}")
     try:
         answer = task.answer(record) if callable(task.answer) else record[task.answer]
-        groups = task.groups(record) if task.groups else []
+        groups = task.groups(record) if task.groups else [task.part] if task.part else []
     except (KeyError, AttributeError) as error:  # a derived reference (GeoChat's class from the question id)
         raise ValueError(f"{where}: no usable field {error} for the reference or its group (the {task.name} "
                          f"preset's layout); it has {sorted(record)}") from None
