@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench_eval_parallel import ROOT, timed  # this folder: a command timed as a user's shell runs it
+
 # fusar-train as its console script runs it, but with shared_machine's default left out: libgomp's own behaviour.
 LIBGOMP_DEFAULT = ("import sys, types; sys.modules['shared_machine'] = types.ModuleType('shared_machine'); "
                    "import train_sft; sys.exit(train_sft.cli(sys.argv[1:]))")
@@ -25,13 +26,8 @@ LIBGOMP_DEFAULT = ("import sys, types; sys.modules['shared_machine'] = types.Mod
 def train(data: Path, output: Path, steps: int, ours: bool) -> float:
     command = [str(Path(sys.executable).with_name("fusar-train"))] if ours else [sys.executable, "-c", LIBGOMP_DEFAULT]
     env = {key: value for key, value in os.environ.items() if key not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
-    start = time.perf_counter()
-    done = subprocess.run([*command, "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--dataset_name", str(data),
-                           "--output_dir", str(output), "--stage", "1", "--max_steps", str(steps)],
-                          capture_output=True, text=True, env=env, cwd=ROOT)
-    if done.returncode:
-        sys.exit(done.stderr[-3000:])
-    return time.perf_counter() - start
+    return timed([*command, "--config", str(ROOT / "configs" / "tiny_cpu.yaml"), "--dataset_name", str(data),
+                  "--output_dir", str(output), "--stage", "1", "--max_steps", str(steps)], env)
 
 
 def main() -> None:
