@@ -43,6 +43,7 @@ from training.collator import FusarDataCollator
 from training.flags import GENERATION_MARKER, RECIPE_DEFAULTS, check_flags, check_given, given_flags
 from training.launch import check_data_parallel, machine_defaults
 from training.plan import planned_stages, stage_tasks, trains_anchor_module
+from training.streaming import Passes, StreamPosition, has_rows, process_share
 from training.report import write_model_card, write_loss_curve
 
 # TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a warning in every LoRA run that
@@ -53,6 +54,11 @@ warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprec
 @dataclass
 class FusarArguments:
     dataset_name: str = field(default="outputs/simulated", metadata={"help": "triplet dataset: local folder or Hub id"})
+    dataset_streaming: bool = field(default=False, metadata={
+        "help": "TRL's flag: read the dataset as it trains (Hub id or local parquet shards), each process its own "
+                "shards; each stage then runs --max_steps steps"})
+    dataset_shuffle_buffer: int = field(default=1000, metadata={
+        "help": "rows in the shuffle buffer of a streamed dataset (reseeded every pass)"})
     stage: str = field(default="both", metadata={"help": "1, 2 or both", "choices": ["1", "2", "both"]})
     stage1_epochs: float = 30.0
     stage1_learning_rate: float = 1e-4
@@ -122,9 +128,31 @@ class FusarSFTTrainer(SFTTrainer):
     """SFTTrainer with the model's own loss. TRL's fused LM-head loss reads `model.base_model(...).last_hidden_state`,
     which assumes the backbone alone takes the images; FUSAR-GPT modulates them in its own forward first."""
 
-    def __init__(self, *args, anchor_learning_rate_scale: float = 1.0, **kwargs):
-        self.anchor_learning_rate_scale = anchor_learning_rate_scale
+    def __init__(self, *args, anchor_learning_rate_scale: float = 1.0, stream_start: StreamPosition | None = None,
+                 **kwargs):
+        """`stream_start`: where a streamed stage starts reading (its `train_dataset` is this process's share)."""
+        self.anchor_learning_rate_scale, self.stream_start, self.stream = anchor_learning_rate_scale, stream_start, None
         super().__init__(*args, **kwargs)
+
+    def get_train_dataloader(self):
+        """A streamed stage: this process's share pass after pass (training/streaming.py), not prepared by
+        Accelerate, which would split a share that is already this process's alone once more."""
+        if self.stream_start is None:
+            return super().get_train_dataloader()
+        self.stream = Passes(self.train_dataset, self.stream_start)
+        return torch.utils.data.DataLoader(self.stream, batch_size=self._train_batch_size, collate_fn=self.data_collator,
+                                           pin_memory=self.args.dataloader_pin_memory)
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A streamed stage already starts where its checkpoint stopped: nothing to skip."""
+        return dataloader if self.stream_start is not None else super().get_resumed_dataloader(dataloader, num_batches)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        """Beside each process's RNG state, where a streamed stage's process is in its share."""
+        super()._save_rng_state(output_dir)
+        if self.stream is not None:
+            taken = self.state.global_step * self.args.gradient_accumulation_steps * self._train_batch_size
+            self.stream.position(taken).save(output_dir)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
@@ -148,19 +176,23 @@ class FusarSFTTrainer(SFTTrainer):
         card (training/report.py) is written beside the final model."""
 
 
-def load_triplets(name: str) -> datasets.DatasetDict:
-    """The dataset, checked for the triplet schema before any training starts."""
+def load_triplets(name: str, streaming: bool = False) -> datasets.DatasetDict | datasets.IterableDatasetDict:
+    """The dataset, checked for the triplet schema before any training starts; streamed, read only as it trains
+    (whether each stage has rows is `check_plan`'s)."""
     try:
-        dataset = load_triplet_dataset(name)
+        dataset = load_triplet_dataset(name, streaming=streaming)
     except Exception as error:  # datasets raises many kinds here; all mean "cannot use this"
         raise ValueError(f"--dataset_name {name}: cannot load it as a dataset ({error})") from error
-    if "train" not in dataset or len(dataset["train"]) == 0:
+    if "train" not in dataset or not streaming and len(dataset["train"]) == 0:
         raise ValueError(f"--dataset_name {name}: no rows in a 'train' split")
-    missing = sorted(set(FEATURES) - set(dataset["train"].features))
+    missing = sorted(set(FEATURES) - set(dataset["train"].features or {}))
     if missing:
         raise ValueError(f"--dataset_name {name}: not a triplet dataset, columns {missing} are missing "
                          "(build one with fusar-data)")
     return dataset
+
+
+TOKENIZER_ROWS = 2000  # tiny's tokenizer learns from a streamed dataset's first rows, not from reading it all
 
 
 def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = None, chat_template_path=None):
@@ -170,7 +202,10 @@ def load_model(args: FusarArguments, dataset, model_args: ModelConfig | None = N
     if model_args.model_name_or_path == "tiny":
         from modeling_fusar.tiny import DEFAULT_CORPUS, tiny_qwen2_5_vl, train_tokenizer
 
-        corpus = [m["content"] for row in dataset["train"].select_columns(["messages"]) for m in row["messages"]]
+        rows = dataset["train"].select_columns(["messages"])
+        if args.dataset_streaming:
+            rows = rows.take(TOKENIZER_ROWS)
+        corpus = [m["content"] for row in rows for m in row["messages"]]
         base, base_processor = tiny_qwen2_5_vl(train_tokenizer([DEFAULT_CORPUS, *corpus], vocab_size=1024),
                                                hidden_size=args.tiny_hidden_size, layers=args.tiny_layers)
         model = FusarForConditionalGeneration.from_base(base, vision_attn_implementation=args.vision_attn_implementation,
@@ -297,13 +332,15 @@ def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments, mo
         raise ValueError("LoRA under FSDP or DeepSpeed ZeRO-3 is not supported: merging it between the stages needs "
                          "whole weights, and the LoRA recipes fit one GPU per process (README, On GPUs); launch them "
                          "with configs/accelerate/multi_gpu.yaml or deepspeed_zero2.yaml")
-    present = set(dataset["train"].unique("task"))
+    present = None if args.dataset_streaming else set(dataset["train"].unique("task"))  # a stream is not read twice
     for stage in stages:
-        if not present & set(stage_tasks(stage, args)):
+        tasks = stage_tasks(stage, args)
+        if not (has_rows(dataset["train"], tasks) if present is None else present & set(tasks)):
+            its_tasks = "" if present is None else f" (its tasks: {', '.join(sorted(present))})"
             raise ValueError(
-                f"stage {stage}: the dataset has no {'/'.join(stage_tasks(stage, args))} rows to train on (its tasks: "
-                f"{', '.join(sorted(present))}); choose --stage{stage}_tasks from those"
-                + ("" if stage == 2 else ", or run --stage 2 --stage2_train_anchor_module true"))
+                f"stage {stage}: the dataset has no {'/'.join(tasks)} rows to train on{its_tasks}; choose "
+                f"--stage{stage}_tasks from its tasks" + ("" if stage == 2 else ", or run --stage 2 "
+                                                                                "--stage2_train_anchor_module true"))
     untrained = not model.anchor_module.film[-1].weight.any()  # a fresh anchor module: every anchor has no effect
     if args.use_anchors and untrained and not any(trains_anchor_module(stage, args) for stage in stages):
         raise ValueError("the anchors would do nothing: this run never trains the anchor module (stage 2 freezes it) "
@@ -351,7 +388,14 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     """Train one stage; `source` is where its weights were loaded from (a quantised run reloads it in full
     precision to merge into)."""
     tasks = stage_tasks(stage, args)
-    train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
+    stream_start = None
+    if args.dataset_streaming:
+        train = process_share(dataset["train"], tasks, training_args.seed, args.dataset_shuffle_buffer,
+                              training_args.process_index, training_args.world_size)
+        stream_start = stream_position(training_args, resume_point(training_args.resume_from_checkpoint,
+                                                                   str(Path(training_args.output_dir) / f"stage{stage}")))
+    else:
+        train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
     if args.max_train_examples:
         train = train.select(range(min(args.max_train_examples, len(train))))
     stage_args = dataclasses.replace(
@@ -369,13 +413,13 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
                                           disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30),
                                           folder=stage_args.output_dir)
     evaluation = validation(dataset, tasks, stage_args)
-    if evaluation is not None and len(evaluation) == 0:
+    if evaluation is not None and not (has_rows(evaluation, tasks) if args.dataset_streaming else len(evaluation)):
         print(f"stage {stage}: the validation split has no {'/'.join(tasks)} rows; this stage is not evaluated",
               file=sys.stderr)
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
     trainer = FusarSFTTrainer(model=model, args=stage_args, train_dataset=train, eval_dataset=evaluation,
                               processing_class=processor, peft_config=lora,
-                              anchor_learning_rate_scale=args.anchor_learning_rate_scale,
+                              anchor_learning_rate_scale=args.anchor_learning_rate_scale, stream_start=stream_start,
                               data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
@@ -392,6 +436,14 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     elif lora is not None and not keep_adapter:
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
     return model, trainer.state.log_history, trainer
+
+
+def stream_position(training_args: SFTConfig, checkpoint: str | None) -> StreamPosition:
+    """Where this process starts reading a streamed stage: where `checkpoint` stopped, else at the start."""
+    rank, world_size = training_args.process_index, training_args.world_size
+    if checkpoint is None or training_args.ignore_data_skip:
+        return StreamPosition(rank=rank, world_size=world_size)
+    return StreamPosition.load(checkpoint, rank, world_size)
 
 
 def collator(processor, args: FusarArguments, training_args: SFTConfig) -> FusarDataCollator:
@@ -466,10 +518,26 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
     for flag in ("example_cache_gb", "vision_feature_cache_gb", "vision_feature_cache_disk_gb"):
         if not getattr(args, flag) >= 0:
             raise ValueError(f"--{flag} {getattr(args, flag)}: expected 0 (off) or more")
+    if args.dataset_streaming:
+        check_streaming(args, training_args)
     missing = sorted(set(training_args.report_to) - set(get_available_reporting_integrations()))
     if missing:
         raise ValueError(f"--report_to {' '.join(missing)}: not installed here (pip install {' '.join(missing)}), or "
                          "--report_to none")
+
+
+def check_streaming(args: FusarArguments, training_args: SFTConfig) -> None:
+    """What a streamed run needs: a step count (a stream has no length) and one reader per process."""
+    if training_args.max_steps <= 0:
+        raise ValueError("--dataset_streaming true: a stream has no length to count epochs in; give --max_steps N "
+                         "(each stage trains N optimizer steps)")
+    if args.max_train_examples is not None:
+        raise ValueError("--max_train_examples: applies to a dataset read whole; a streamed stage runs --max_steps")
+    if training_args.dataloader_num_workers:
+        raise ValueError(f"--dataloader_num_workers {training_args.dataloader_num_workers}: a streamed dataset is "
+                         "read in each training process (its position is counted there); use 0")
+    if not args.dataset_shuffle_buffer > 0:
+        raise ValueError(f"--dataset_shuffle_buffer {args.dataset_shuffle_buffer}: expected a number of rows above 0")
 
 
 def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig):
@@ -478,7 +546,7 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     check_arguments(args, training_args)
     if model_args.model_name_or_path != "tiny":
         local_or_hub_id(model_args.model_name_or_path, "--model_name_or_path")
-    dataset = load_triplets(args.dataset_name)  # every input checked before an old run is cleared
+    dataset = load_triplets(args.dataset_name, args.dataset_streaming)  # every input checked before an old run is cleared
     check_validation_split(dataset, training_args)
     with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
         prepare_output_dir(args, training_args, model_args)
@@ -516,7 +584,9 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
     save_result(trainer, model, processor, output)
     if not trainer.args.should_save:  # the rest of the folder is the main process's to write
         return output
-    present = set(dataset["train"].unique("task"))
+    # A streamed dataset is not read whole: its stages' tasks as asked (check_plan found rows of each stage).
+    present = set(stage_tasks(1, args) + stage_tasks(2, args)) if args.dataset_streaming else \
+        set(dataset["train"].unique("task"))
     trained_tasks = {stage: sorted(present & set(stage_tasks(stage, args))) for stage in stages}
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),
            "stage_tasks": trained_tasks, "history": history}

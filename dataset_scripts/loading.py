@@ -33,11 +33,12 @@ def local_cache_dir(name: str) -> str | None:
     return str(Path(datasets.config.HF_DATASETS_CACHE) / "fusar-gpt-local" / folder_identity(folder))
 
 
-def load_triplet_dataset(name: str, split: str | None = None):
-    """`datasets.load_dataset(name, split=split)`, from a cache that belongs to exactly this folder's files. A name
-    that is neither a folder nor a Hub id, or a folder datasets cannot read (a model, say), is a ValueError."""
+def load_triplet_dataset(name: str, split: str | None = None, streaming: bool = False):
+    """`datasets.load_dataset(name, split=split)`, from a cache that belongs to exactly this folder's files (streamed:
+    read as iterated, nothing cached). A name that is neither a folder nor a Hub id, or a folder datasets cannot read
+    (a model, say), is a ValueError."""
     local_or_hub_id(name, "dataset")
     try:
-        return datasets.load_dataset(name, split=split, cache_dir=local_cache_dir(name))
+        return datasets.load_dataset(name, split=split, streaming=streaming, cache_dir=local_cache_dir(name))
     except datasets.exceptions.DatasetsError as error:  # generation, missing data files, casts, ...
         raise ValueError(f"{name}: not a dataset that can be loaded ({type(error).__name__}: {error})") from error

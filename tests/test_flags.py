@@ -165,6 +165,12 @@ def test_merge_lora_false_keeps_the_adapter_of_a_stage_1_only_run(data, tmp_path
     (["--torch_compile", "true"], "--torch_compile true: not supported yet: the compiled model fails"),
     (["--gradient_checkpointing", "true"], "--gradient_checkpointing true and --activation_checkpointing False: two "
                                            "names of one setting that disagree"),
+    (["--dataset_streaming", "true", "--max_steps", "-1"], "--dataset_streaming true: a stream has no length to count "
+                                                           "epochs in; give --max_steps N"),
+    (["--dataset_streaming", "true", "--max_train_examples", "4"], "--max_train_examples: applies to a dataset read "
+                                                                   "whole; a streamed stage runs --max_steps"),
+    (["--dataset_streaming", "true", "--dataloader_num_workers", "2"], "--dataloader_num_workers 2: a streamed dataset "
+                                                                       "is read in each training process"),
 ])
 def test_a_flag_that_cannot_run_is_refused_before_any_folder_exists(flags, message, data, tmp_path, capsys):
     """Each of these used to be refused (or fail) only once the output folder and stage1/ existed."""

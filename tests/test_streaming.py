@@ -1,0 +1,106 @@
+"""fusar-train --dataset_streaming: a Hub dataset read as it trains, each process its own shards, and a killed run that
+resumes at the example where it stopped."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+from dataset_scripts.simulate import simulate
+from training.streaming import Passes, StreamPosition
+
+ROOT = Path(__file__).resolve().parents[1]
+CAPTIONS, SHARDS, BATCH = 12, 4, 2  # per pass, each of 2 processes reads 2 shards of 3 rows: 3 steps of 2 rows
+TINY = ["--stage", "1", "--per_device_train_batch_size", str(BATCH), "--report_to", "none", "--logging_steps", "1",
+        "--tiny_hidden_size", "64", "--stage1_learning_rate", "0.01", "--lr_scheduler_type", "constant",
+        "--dataset_shuffle_buffer", "4"]
+
+
+@pytest.fixture(scope="module")
+def captions(tmp_path_factory) -> datasets.DatasetDict:
+    folder = simulate(tmp_path_factory.mktemp("data") / "sim", scenes=16)
+    train = datasets.load_dataset(str(folder), split="train").filter(lambda task: task == "caption", input_columns="task")
+    return datasets.DatasetDict({"train": train.select(range(CAPTIONS))})
+
+
+def train_two_processes(output: Path, record: Path, *options, stop: int = 0, port: int) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               str(ROOT / "tests" / "stream_worker.py"), str(record), str(stop), "--output_dir", str(output), *TINY,
+               *options]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+
+
+def batches(record: Path, rank: int) -> list[list[str]]:
+    return [json.loads(line) for line in Path(f"{record}.rank{rank}").read_text().splitlines()]
+
+
+def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resumes_at_the_same_example(
+        captions, local_hub, tmp_path):
+    captions.push_to_hub("user/sar-stream", num_shards={"train": SHARDS})
+    flags = ["--dataset_name", "user/sar-stream", "--dataset_streaming", "true", "--max_steps", "6",
+             "--save_strategy", "steps", "--save_steps", "4"]
+
+    whole = train_two_processes(tmp_path / "whole", tmp_path / "whole-ids", *flags, port=29541)
+    assert whole.returncode == 0, whole.stderr[-4000:]
+    seen = {rank: batches(tmp_path / "whole-ids", rank) for rank in (0, 1)}
+    assert all(len(seen[rank]) == 6 and all(len(batch) == BATCH for batch in seen[rank]) for rank in (0, 1))
+    passes = [{rank: [row for batch in seen[rank][steps] for row in batch] for rank in (0, 1)}
+              for steps in (slice(0, 3), slice(3, 6))]
+    for rows in passes:
+        assert not set(rows[0]) & set(rows[1])  # each process its own rows...
+        assert sorted(rows[0] + rows[1]) == sorted(captions["train"]["id"])  # ...and together every row once
+    run = json.loads((tmp_path / "whole" / "fusar_run.json").read_text())
+    losses = [entry["loss"] for entry in run["history"] if "loss" in entry]
+    assert len(losses) == 6 and losses[-1] < losses[0]
+
+    killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4, port=29542)
+    assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists()
+    position = json.loads((tmp_path / "run" / "stage1" / "checkpoint-4" / "stream_position_1.json").read_text())
+    assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2}  # one step into the second pass
+
+    resumed = train_two_processes(tmp_path / "run", tmp_path / "resumed-ids", *flags, "--resume_from_checkpoint",
+                                  "true", port=29543)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    for rank in (0, 1):
+        assert batches(tmp_path / "killed-ids", rank) == seen[rank][:4]
+        assert batches(tmp_path / "resumed-ids", rank) == seen[rank][4:]  # the step an uninterrupted run took next
+
+
+def test_local_parquet_shards_stream_through_both_stages_in_one_process(tmp_path):
+    """The shell's view: `fusar-train --dataset_streaming true` on a dataset folder, each stage --max_steps steps,
+    validated on the streamed validation split; a checkpoint records where the stream was."""
+    data = simulate(tmp_path / "sim", scenes=16)
+    command = [str(Path(sys.executable).with_name("fusar-train")), "--dataset_name", str(data), "--dataset_streaming",
+               "true", "--max_steps", "2", "--output_dir", str(tmp_path / "out"), *TINY[2:], "--stage", "both",
+               "--stage2_learning_rate", "0.01", "--eval_strategy", "steps", "--eval_steps", "2",
+               "--save_strategy", "steps", "--save_steps", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-4000:]
+    history = json.loads((tmp_path / "out" / "fusar_run.json").read_text())["history"]
+    assert [max(e["step"] for e in history if e["stage"] == stage) for stage in (1, 2)] == [2, 2]
+    assert any("eval_loss" in entry for entry in history)
+    position = json.loads((tmp_path / "out" / "stage2" / "checkpoint-2" / "stream_position_0.json").read_text())
+    assert position["examples"] == 2 * BATCH and position["world_size"] == 1
+
+
+def test_each_pass_is_reshuffled_and_a_position_resumes_at_its_example():
+    """Passes reads datasets' own pass `e` (`set_epoch(e)`) after pass e - 1, and from a saved position on."""
+    share = datasets.Dataset.from_dict({"a": list(range(40))}).to_iterable_dataset(num_shards=4).shuffle(seed=0,
+                                                                                                          buffer_size=8)
+    own_passes = []
+    for number in range(3):
+        share.set_epoch(number)
+        own_passes.append([row["a"] for row in share])
+    assert own_passes[0] != own_passes[1] != own_passes[2]
+    stream = Passes(share, StreamPosition())
+    read = [row["a"] for row, _ in zip(stream, range(120))]
+    assert read == own_passes[0] + own_passes[1] + own_passes[2]
+    position = stream.position(50)  # ten rows into the second pass
+    assert position.locate() == (1, 10) and position.passes[0] == 40
+    resumed = Passes(share, position)
+    assert [row["a"] for row, _ in zip(resumed, range(70))] == read[50:]

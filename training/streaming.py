@@ -1,0 +1,100 @@
+"""Training from a streamed dataset (`--dataset_streaming true`): a Hub dataset or local parquet shards read as they
+are trained on, never whole on this disk.
+
+Each process reads its own share (`datasets.distributed.split_dataset_by_node`: whole shards when their number
+divides among the processes, else every N-th row), through a buffer shuffle that datasets reseeds every pass
+(`set_epoch`). The Trainer's data loader reads `Passes`: one process's share pass after pass, without end, so every
+batch is whole, a stage runs by `--max_steps`, and the position after S steps is S x accumulation x batch examples.
+Each checkpoint records that position with the lengths of the passes it spans (`stream_position_<rank>.json`,
+beside the Trainer's `rng_state_<rank>.pth`); a resumed run starts at the same example. datasets' own `state_dict`
+cannot give that: it loses the shuffle buffer (its docs), so the resumed stream would differ. Here the pass is read
+again up to the position instead: no training, no collation, one pass of reading at most.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from datasets.distributed import split_dataset_by_node
+
+
+def process_share(split: datasets.IterableDataset, tasks: tuple[str, ...], seed: int, buffer_size: int,
+                  rank: int, world_size: int) -> datasets.IterableDataset:
+    """The stage's rows of `split` that this process trains on, shuffled through a `buffer_size` buffer."""
+    rows = split.filter(lambda task: task in tasks, input_columns="task")
+    return split_dataset_by_node(rows.shuffle(seed=seed, buffer_size=buffer_size), rank=rank, world_size=world_size)
+
+
+def has_rows(split: datasets.IterableDataset, tasks: tuple[str, ...]) -> bool:
+    """Whether any row of `split` has one of `tasks` (reads until the first one: the whole split when none has)."""
+    rows = split.select_columns(["task"]).filter(lambda task: task in tasks, input_columns="task")
+    return next(iter(rows), None) is not None
+
+
+@dataclass
+class StreamPosition:
+    """How far one process has read: `examples` taken since the start, and the lengths of the passes it spans."""
+
+    examples: int = 0
+    passes: list[int] = field(default_factory=list)
+    rank: int = 0
+    world_size: int = 1
+
+    def locate(self) -> tuple[int, int]:
+        """(pass, examples into it) of the next example."""
+        remaining = self.examples
+        for number, length in enumerate(self.passes):
+            if remaining < length:
+                return number, remaining
+            remaining -= length
+        return len(self.passes), remaining
+
+    def save(self, checkpoint: str | Path) -> None:
+        Path(checkpoint, f"stream_position_{self.rank}.json").write_text(json.dumps(asdict(self)))
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, rank: int, world_size: int) -> "StreamPosition":
+        """This process's position in `checkpoint`; a ValueError when it is missing or from another process count
+        (each process's share depends on how many there are)."""
+        path = Path(checkpoint, f"stream_position_{rank}.json")
+        try:
+            position = cls(**json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: no readable {path.name} for process {rank} "
+                             f"(a streamed run's checkpoint records where each process was; {error})") from None
+        if position.world_size != world_size:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: saved by {position.world_size} processes, resumed "
+                             f"by {world_size}; a streamed run resumes with the same number of processes")
+        return position
+
+
+class Passes(torch.utils.data.IterableDataset):
+    """One process's share, pass after pass (each reshuffled), from `start`. `position(examples)` says where the
+    `examples`-th example taken lies, for the checkpoint."""
+
+    def __init__(self, share: datasets.IterableDataset, start: StreamPosition):
+        self.share, self.start = share, start
+        self.lengths = list(start.passes)  # of the passes read so far
+
+    def __iter__(self):
+        number, offset = self.start.locate()
+        while True:
+            self.share.set_epoch(number)
+            count = offset
+            for example in itertools.islice(self.share, offset, None):
+                count += 1
+                yield example
+            if count == 0:
+                raise ValueError(f"process {self.start.rank} of {self.start.world_size} has no rows of this stage to "
+                                 "read (fewer rows than processes)")
+            if number == len(self.lengths):
+                self.lengths.append(count)
+            number, offset = number + 1, 0
+
+    def position(self, examples: int) -> StreamPosition:
+        return StreamPosition(examples, list(self.lengths), self.start.rank, self.start.world_size)
