@@ -589,7 +589,7 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
         set(dataset["train"].unique("task"))
     trained_tasks = {stage: sorted(present & set(stage_tasks(stage, args))) for stage in stages}
     run = {"fusar": dataclasses.asdict(args), "training": training_args.to_dict(), "model": dataclasses.asdict(model_args),
-           "stage_tasks": trained_tasks, "history": history}
+           "stage_tasks": trained_tasks, "world_size": training_args.world_size, "history": history}
     (output / "fusar_run.json").write_text(json.dumps(run, indent=2, default=str))
     write_loss_curve(history, output / "loss_curve.png")
     write_model_card(output, args, training_args, model_args, history, stage_tasks=trained_tasks)
