@@ -3,12 +3,15 @@ resumes at the example where it stopped."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import datasets
 import pytest
+
+import train_sft
 
 from dataset_scripts.simulate import simulate
 from training.streaming import Passes, StreamPosition
@@ -104,3 +107,26 @@ def test_each_pass_is_reshuffled_and_a_position_resumes_at_its_example():
     assert position.locate() == (1, 10) and position.passes[0] == 40
     resumed = Passes(share, position)
     assert [row["a"] for row, _ in zip(resumed, range(70))] == read[50:]
+
+
+@pytest.mark.parametrize("saved, message", [
+    (None, "no readable stream_position_0.json for process 0"),
+    ("{not json", "no readable stream_position_0.json"),
+    ({"examples": -4, "passes": [], "rank": 0, "world_size": 1}, "expected process 0's counts of examples"),
+    ({"examples": "8", "passes": [6], "rank": 0, "world_size": 1}, "expected process 0's counts of examples"),
+    ({"examples": 8, "passes": [0], "rank": 0, "world_size": 1}, "passes above 0"),
+    ({"examples": 8, "passes": [6], "rank": 1, "world_size": 1}, "expected process 0's"),
+    ({"examples": 8, "passes": [6], "rank": 0, "world_size": 2}, "saved by 2 processes, resumed by 1"),
+    ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1, "extra": 1}, "no readable stream_position_0.json"),
+])
+def test_a_missing_edited_or_foreign_stream_position_is_refused_in_one_line(saved, message, tmp_path):
+    if saved is not None:
+        (tmp_path / "stream_position_0.json").write_text(saved if isinstance(saved, str) else json.dumps(saved))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        StreamPosition.load(tmp_path, rank=0, world_size=1)
+
+
+def test_a_streamed_dataset_without_the_triplet_columns_is_refused_before_training(tmp_path):
+    datasets.Dataset.from_dict({"text": ["a", "b"]}).to_parquet(str(tmp_path / "plain" / "data" / "train-0.parquet"))
+    with pytest.raises(ValueError, match=r"not a triplet dataset, columns \['anchor_mask'"):
+        train_sft.load_triplets(str(tmp_path / "plain"), streaming=True)

@@ -67,6 +67,11 @@ class StreamPosition:
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: no readable {path.name} for process {rank} "
                              f"(a streamed run's checkpoint records where each process was; {error})") from None
+        counts = [position.examples, *position.passes]
+        if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or 0 in position.passes \
+                or position.rank != rank:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: {path.name} holds {asdict(position)}; expected "
+                             f"process {rank}'s counts of examples (whole numbers, passes above 0)")
         if position.world_size != world_size:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: saved by {position.world_size} processes, resumed "
                              f"by {world_size}; a streamed run resumes with the same number of processes")
