@@ -27,7 +27,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, set_seed
+from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, Trainer, TrainerState, set_seed
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_quantization_config
 
 import modeling_fusar  # noqa: F401  (registers the Auto classes)
@@ -42,7 +42,7 @@ from training.checkpoints import check_explicit_checkpoint, latest_whole_checkpo
 from training.collator import FusarDataCollator
 from training.flags import GENERATION_MARKER, RECIPE_DEFAULTS, check_flags, check_given, given_flags
 from training.launch import check_data_parallel, machine_defaults
-from training.plan import planned_stages, stage_tasks, trains_anchor_module
+from training.plan import planned_stages, stage_steps, stage_tasks, trains_anchor_module
 from training.streaming import Passes, StreamPosition, has_rows, process_share
 from training.report import write_model_card, write_loss_curve
 
@@ -64,6 +64,10 @@ class FusarArguments:
     stage1_learning_rate: float = 1e-4
     stage2_epochs: float = 5.0
     stage2_learning_rate: float = 1e-5
+    stage1_max_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps of stage 1, over its epochs (default: --max_steps, which applies to each stage)"})
+    stage2_max_steps: int | None = field(default=None, metadata={
+        "help": "optimizer steps of stage 2, over its epochs (default: --max_steps, which applies to each stage)"})
     stage1_tasks: list[str] = field(default_factory=lambda: ["caption"], metadata={
         "help": "tasks whose rows feed stage 1 (knowledge injection; the paper: captions)"})
     stage2_tasks: list[str] | None = field(default=None, metadata={
@@ -151,8 +155,7 @@ class FusarSFTTrainer(SFTTrainer):
         """Beside each process's RNG state, where a streamed stage's process is in its share."""
         super()._save_rng_state(output_dir)
         if self.stream is not None:
-            taken = self.state.global_step * self.args.gradient_accumulation_steps * self._train_batch_size
-            self.stream.position(taken).save(output_dir)
+            self.stream.position().save(output_dir)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
@@ -401,6 +404,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     stage_args = dataclasses.replace(
         training_args, output_dir=str(Path(training_args.output_dir) / f"stage{stage}"),
         num_train_epochs=getattr(args, f"stage{stage}_epochs"), learning_rate=getattr(args, f"stage{stage}_learning_rate"),
+        max_steps=stage_steps(stage, args, training_args),
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, push_to_hub=False,
     )
     lora = peft_config(model, stage, args, model_args)
@@ -413,7 +417,7 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
                                           disk_bytes=int(args.vision_feature_cache_disk_gb * 2**30),
                                           folder=stage_args.output_dir)
     evaluation = validation(dataset, tasks, stage_args)
-    if evaluation is not None and not (has_rows(evaluation, tasks) if args.dataset_streaming else len(evaluation)):
+    if evaluation is not None and len(evaluation) == 0:
         print(f"stage {stage}: the validation split has no {'/'.join(tasks)} rows; this stage is not evaluated",
               file=sys.stderr)
         stage_args, evaluation = dataclasses.replace(stage_args, eval_strategy="no"), None
@@ -423,8 +427,13 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
                               data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
+    checkpoint = resume_point(training_args.resume_from_checkpoint, stage_args.output_dir)
     try:
-        trainer.train(resume_from_checkpoint=resume_point(training_args.resume_from_checkpoint, stage_args.output_dir))
+        if checkpoint is not None and finished(checkpoint):  # resumed, the Trainer would train one step more
+            trainer._load_from_checkpoint(checkpoint)
+            trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+        else:
+            trainer.train(resume_from_checkpoint=checkpoint)
     finally:
         model.disable_vision_feature_cache()  # its temporary file goes with the stage
     if trainer.args.should_save:  # a stage that saved no checkpoint leaves no folder (one process looks)
@@ -436,6 +445,12 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     elif lora is not None and not keep_adapter:
         model = model.merge_and_unload()  # stage 2 starts from stage 1's merged weights
     return model, trainer.state.log_history, trainer
+
+
+def finished(checkpoint: str) -> bool:
+    """Whether the stage's last step is in `checkpoint` (a run stopped after it, before the stage's end)."""
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    return state.max_steps > 0 and state.global_step >= state.max_steps
 
 
 def stream_position(training_args: SFTConfig, checkpoint: str | None) -> StreamPosition:
@@ -512,6 +527,9 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
                 "--tiny_hidden_size": args.tiny_hidden_size, "--tiny_layers": args.tiny_layers}
     if args.max_train_examples is not None:
         positive["--max_train_examples"] = args.max_train_examples
+    for stage in (1, 2):
+        if getattr(args, f"stage{stage}_max_steps") is not None:
+            positive[f"--stage{stage}_max_steps"] = getattr(args, f"stage{stage}_max_steps")
     for flag, value in positive.items():
         if not value > 0:
             raise ValueError(f"{flag} {value}: expected a number above 0")
@@ -528,9 +546,10 @@ def check_arguments(args: FusarArguments, training_args: SFTConfig) -> None:
 
 def check_streaming(args: FusarArguments, training_args: SFTConfig) -> None:
     """What a streamed run needs: a step count (a stream has no length) and one reader per process."""
-    if training_args.max_steps <= 0:
-        raise ValueError("--dataset_streaming true: a stream has no length to count epochs in; give --max_steps N "
-                         "(each stage trains N optimizer steps)")
+    for stage in planned_stages(args):
+        if stage_steps(stage, args, training_args) <= 0:
+            raise ValueError(f"--dataset_streaming true: a stream has no length to count epochs in; give --max_steps N "
+                             f"(each stage trains N optimizer steps) or --stage{stage}_max_steps N")
     if args.max_train_examples is not None:
         raise ValueError("--max_train_examples: applies to a dataset read whole; a streamed stage runs --max_steps")
     if training_args.dataloader_num_workers:
@@ -548,6 +567,8 @@ def main(args: FusarArguments, training_args: SFTConfig, model_args: ModelConfig
         local_or_hub_id(model_args.model_name_or_path, "--model_name_or_path")
     dataset = load_triplets(args.dataset_name, args.dataset_streaming)  # every input checked before an old run is cleared
     check_validation_split(dataset, training_args)
+    if args.dataset_streaming and training_args.eval_strategy != "no":  # read whole (it is small), so that every
+        dataset["validation"] = load_triplet_dataset(args.dataset_name, "validation")  # process has even batches
     with training_args.main_process_first(local=False):  # one process checks and clears the folder; the others agree
         prepare_output_dir(args, training_args, model_args)
     set_seed(training_args.seed)  # the model's initial weights too, not only the training

@@ -77,6 +77,9 @@ def test_the_slurm_script_gives_each_node_its_rank_and_the_rendezvous(config, tm
     record = tmp_path / "launch"
     recorder = f"#!/bin/bash\nprintf '%s\\0' \"$@\" > {record}.$SLURM_NODEID\n"
     env = fake_cluster(tmp_path / "bin", recorder)
+    env.update(SLURM_CPUS_PER_TASK="64", SLURM_GPUS_ON_NODE="8")  # what sbatch sets from the header
+    (tmp_path / "bin" / "srun").write_text(f"#!/bin/bash\necho \"$@\" > {tmp_path}/srun-options\n"
+                                           + (tmp_path / "bin" / "srun").read_text().split("\n", 1)[1])
     if config:
         env["ACCELERATE_CONFIG"] = config
     done = sbatch(env, "--config", "configs/qwen2_5_vl_7b.yaml", "--output_dir", "runs/a folder with spaces")
@@ -93,6 +96,7 @@ def test_the_slurm_script_gives_each_node_its_rank_and_the_rendezvous(config, tm
         assert args.module and args.training_script == "train_sft"
         assert args.training_script_args == ["--config", "configs/qwen2_5_vl_7b.yaml", "--output_dir",
                                              "runs/a folder with spaces"]
+    assert (tmp_path / "srun-options").read_text().startswith("--kill-on-bad-exit=1 --cpus-per-task=64 bash")
 
 
 def test_the_slurm_script_trains_on_two_nodes_of_this_machine(simulated, tmp_path):

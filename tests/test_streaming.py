@@ -75,19 +75,21 @@ def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resum
 
 
 def test_local_parquet_shards_stream_through_both_stages_in_one_process(tmp_path):
-    """The shell's view: `fusar-train --dataset_streaming true` on a dataset folder, each stage --max_steps steps,
-    validated on the streamed validation split; a checkpoint records where the stream was."""
+    """The shell's view: `fusar-train --dataset_streaming true` on a dataset folder, each stage its own steps
+    (--max_steps, --stage2_max_steps), validated on the validation split; a checkpoint records where the stream was."""
     data = simulate(tmp_path / "sim", scenes=16)
     command = [str(Path(sys.executable).with_name("fusar-train")), "--dataset_name", str(data), "--dataset_streaming",
                "true", "--max_steps", "2", "--output_dir", str(tmp_path / "out"), *TINY[2:], "--stage", "both",
-               "--stage2_learning_rate", "0.01", "--eval_strategy", "steps", "--eval_steps", "2",
+               "--stage2_learning_rate", "0.01", "--stage2_max_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",
                "--save_strategy", "steps", "--save_steps", "2"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert done.returncode == 0, done.stderr[-4000:]
     history = json.loads((tmp_path / "out" / "fusar_run.json").read_text())["history"]
-    assert [max(e["step"] for e in history if e["stage"] == stage) for stage in (1, 2)] == [2, 2]
+    assert [max(e["step"] for e in history if e["stage"] == stage) for stage in (1, 2)] == [2, 1]
     assert any("eval_loss" in entry for entry in history)
-    position = json.loads((tmp_path / "out" / "stage2" / "checkpoint-2" / "stream_position_0.json").read_text())
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "): 2 optimizer steps, lr" in card and "): 1 optimizer step, lr" in card
+    position = json.loads((tmp_path / "out" / "stage1" / "checkpoint-2" / "stream_position_0.json").read_text())
     assert position["examples"] == 2 * BATCH and position["world_size"] == 1
 
 
@@ -101,12 +103,16 @@ def test_each_pass_is_reshuffled_and_a_position_resumes_at_its_example():
         own_passes.append([row["a"] for row in share])
     assert own_passes[0] != own_passes[1] != own_passes[2]
     stream = Passes(share, StreamPosition())
-    read = [row["a"] for row, _ in zip(stream, range(120))]
+    rows = iter(stream)
+    read = [next(rows)["a"] for _ in range(50)]
+    position = stream.position()  # ten rows into the second pass
+    assert position.locate() == (1, 10) and position.passes == [40]
+    read += [next(rows)["a"] for _ in range(70)]
     assert read == own_passes[0] + own_passes[1] + own_passes[2]
-    position = stream.position(50)  # ten rows into the second pass
-    assert position.locate() == (1, 10) and position.passes[0] == 40
     resumed = Passes(share, position)
     assert [row["a"] for row, _ in zip(resumed, range(70))] == read[50:]
+    with pytest.raises(ValueError, match="past the end of that pass"):  # a position the dataset cannot hold
+        next(iter(Passes(share, StreamPosition(examples=45, passes=[]))))
 
 
 @pytest.mark.parametrize("saved, message", [
@@ -118,6 +124,8 @@ def test_each_pass_is_reshuffled_and_a_position_resumes_at_its_example():
     ({"examples": 8, "passes": [6], "rank": 1, "world_size": 1}, "expected process 0's"),
     ({"examples": 8, "passes": [6], "rank": 0, "world_size": 2}, "saved by 2 processes, resumed by 1"),
     ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1, "extra": 1}, "no readable stream_position_0.json"),
+    ({"examples": 8, "passes": 6, "rank": 0, "world_size": 1}, "expected process 0's counts of examples"),
+    ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1.0}, "expected process 0's counts of examples"),
 ])
 def test_a_missing_edited_or_foreign_stream_position_is_refused_in_one_line(saved, message, tmp_path):
     if saved is not None:
@@ -130,3 +138,33 @@ def test_a_streamed_dataset_without_the_triplet_columns_is_refused_before_traini
     datasets.Dataset.from_dict({"text": ["a", "b"]}).to_parquet(str(tmp_path / "plain" / "data" / "train-0.parquet"))
     with pytest.raises(ValueError, match=r"not a triplet dataset, columns \['anchor_mask'"):
         train_sft.load_triplets(str(tmp_path / "plain"), streaming=True)
+
+
+def test_a_checkpoint_without_every_process_s_stream_position_is_skipped_for_the_one_before(tmp_path, capsys):
+    """A kill between one process's position and another's (no barrier between them in the Trainer's save)."""
+    from training.checkpoints import latest_whole_checkpoint
+
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text("{}")
+        for rank in (0, 1):
+            StreamPosition(examples=step * 2, passes=[], rank=rank, world_size=2).save(folder)
+    (tmp_path / "checkpoint-4" / "stream_position_1.json").unlink()
+    assert latest_whole_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    assert "stream_position_1.json missing" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*/*.part"))  # each position written whole, then renamed
+
+
+def test_a_stage_stopped_after_its_last_checkpoint_is_not_trained_one_step_more(tmp_path, capsys):
+    """Killed between the stage's last checkpoint and its end, then resumed: the Trainer alone would train step
+    max_steps + 1 (a stream has no length, so it starts another epoch)."""
+    data = simulate(tmp_path / "sim", scenes=16)
+    options = ["--dataset_name", str(data), "--dataset_streaming", "true", "--max_steps", "2", "--save_strategy",
+               "steps", "--save_steps", "2", "--output_dir", str(tmp_path / "out"), *TINY]
+    assert train_sft.cli(options) == 0
+    trained = (tmp_path / "out" / "model.safetensors").read_bytes()
+    assert train_sft.cli([*options, "--resume_from_checkpoint", "true"]) == 0
+    history = json.loads((tmp_path / "out" / "fusar_run.json").read_text())["history"]
+    assert max(entry["step"] for entry in history) == 2 and not (tmp_path / "out" / "stage1" / "checkpoint-3").exists()
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == trained  # the checkpoint's weights, as they were

@@ -22,6 +22,15 @@ def problem_with(checkpoint: Path) -> str | None:
         json.loads((checkpoint / "trainer_state.json").read_text())
     except (OSError, ValueError):
         return "no readable trainer_state.json (written last: the save did not finish)"
+    if (checkpoint / "stream_position_0.json").is_file():  # a streamed run: every process's position, or none
+        try:
+            world_size = int(json.loads((checkpoint / "stream_position_0.json").read_text())["world_size"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return "stream_position_0.json is unreadable"
+        missing = [f"stream_position_{rank}.json" for rank in range(world_size)
+                   if not (checkpoint / f"stream_position_{rank}.json").is_file()]
+        if missing:
+            return f"{', '.join(missing)} missing (another process stopped before saving where it was)"
     from safetensors import SafetensorError, safe_open
 
     for path in sorted(p for p in checkpoint.rglob("*") if p.is_file()):  # DeepSpeed / FSDP keep shards in subfolders

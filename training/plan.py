@@ -22,3 +22,9 @@ def stage_tasks(stage: int, args) -> tuple[str, ...]:
 def trains_anchor_module(stage: int, args) -> bool:
     """Stage 1 trains it (knowledge injection); stage 2 freezes it unless asked (the paper freezes it)."""
     return args.use_anchors and (stage == 1 or args.stage2_train_anchor_module)
+
+
+def stage_steps(stage: int, args, training_args) -> int:
+    """The stage's optimizer steps: `--stage{1,2}_max_steps`, else `--max_steps`; 0 or less: it runs by epochs."""
+    own = getattr(args, f"stage{stage}_max_steps")
+    return training_args.max_steps if own is None else own

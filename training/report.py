@@ -8,7 +8,7 @@ import yaml
 
 from dataset_scripts.alphaearth import ATTRIBUTION, LICENSE as ALPHAEARTH_LICENSE
 
-from .plan import planned_stages, trains_anchor_module
+from .plan import planned_stages, stage_steps, trains_anchor_module
 
 
 def results_table(results: dict[str, dict[str, float]]) -> str:
@@ -140,7 +140,9 @@ def write_model_card(output: Path, args, training_args, model_args, history: lis
                                       (2, "task execution", args.stage2_epochs, args.stage2_learning_rate)):
         if stage in stages:
             frozen = "" if anchors_train[stage] or not args.use_anchors else "; anchor module frozen"
-            lines.append(f"- Stage {stage} ({name}; tasks: {', '.join((stage_tasks or {}).get(stage, []))}): {epochs} epochs, "
+            steps = stage_steps(stage, args, training_args)
+            length = f"{steps} optimizer step{'s' * (steps != 1)}" if steps > 0 else f"{epochs} epochs"
+            lines.append(f"- Stage {stage} ({name}; tasks: {', '.join((stage_tasks or {}).get(stage, []))}): {length}, "
                          f"lr {rate}, trains {' and '.join(trains[stage])}{frozen}")
     lines += [
         f"- Batch {training_args.per_device_train_batch_size} per device x {training_args.gradient_accumulation_steps} "

@@ -13,7 +13,6 @@ again up to the position instead: no training, no collation, one pass of reading
 
 from __future__ import annotations
 
-import itertools
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,7 +54,10 @@ class StreamPosition:
         return len(self.passes), remaining
 
     def save(self, checkpoint: str | Path) -> None:
-        Path(checkpoint, f"stream_position_{self.rank}.json").write_text(json.dumps(asdict(self)))
+        """Whole or not at all (`training/checkpoints.py` counts a checkpoint without it as cut short)."""
+        path = Path(checkpoint, f"stream_position_{self.rank}.json")
+        path.with_suffix(".part").write_text(json.dumps(asdict(self)))
+        path.with_suffix(".part").replace(path)
 
     @classmethod
     def load(cls, checkpoint: str | Path, rank: int, world_size: int) -> "StreamPosition":
@@ -67,7 +69,8 @@ class StreamPosition:
         except (OSError, ValueError, TypeError) as error:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: no readable {path.name} for process {rank} "
                              f"(a streamed run's checkpoint records where each process was; {error})") from None
-        counts = [position.examples, *position.passes]
+        counts = [position.examples, position.rank, position.world_size,
+                  *(position.passes if isinstance(position.passes, list) else [None])]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or 0 in position.passes \
                 or position.rank != rank:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: {path.name} holds {asdict(position)}; expected "
@@ -79,27 +82,34 @@ class StreamPosition:
 
 
 class Passes(torch.utils.data.IterableDataset):
-    """One process's share, pass after pass (each reshuffled), from `start`. `position(examples)` says where the
-    `examples`-th example taken lies, for the checkpoint."""
+    """One process's share, pass after pass (each reshuffled), from `start`; `position()` is where the examples
+    handed out so far end, for the checkpoint. Read by a data loader without workers, which takes exactly the examples
+    of the batches it makes: so the position is right whatever the batch size, accumulation or resumes were."""
 
     def __init__(self, share: datasets.IterableDataset, start: StreamPosition):
         self.share, self.start = share, start
         self.lengths = list(start.passes)  # of the passes read so far
+        self.taken = 0
 
     def __iter__(self):
         number, offset = self.start.locate()
         while True:
             self.share.set_epoch(number)
-            count = offset
-            for example in itertools.islice(self.share, offset, None):
-                count += 1
-                yield example
-            if count == 0:
-                raise ValueError(f"process {self.start.rank} of {self.start.world_size} has no rows of this stage to "
-                                 "read (fewer rows than processes)")
+            rows = 0
+            for rows, example in enumerate(self.share, 1):
+                if rows > offset:  # before: read again up to where the checkpoint stopped
+                    self.taken += 1
+                    yield example
+            if rows == 0:
+                raise ValueError(f"process {self.start.rank} of {self.start.world_size} has no rows of this stage in "
+                                 f"pass {number} (the shards it was dealt hold none; fewer rows than processes?)")
+            if rows < offset:
+                raise ValueError(f"the checkpoint's stream position ({offset} rows into pass {number}) is past the "
+                                 f"end of that pass ({rows} rows): the dataset or the stage's options changed since")
             if number == len(self.lengths):
-                self.lengths.append(count)
+                self.lengths.append(rows)
             number, offset = number + 1, 0
 
-    def position(self, examples: int) -> StreamPosition:
-        return StreamPosition(examples, list(self.lengths), self.start.rank, self.start.world_size)
+    def position(self) -> StreamPosition:
+        return StreamPosition(self.start.examples + self.taken, list(self.lengths), self.start.rank,
+                              self.start.world_size)
