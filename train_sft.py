@@ -43,7 +43,7 @@ from training.collator import FusarDataCollator
 from training.flags import GENERATION_MARKER, RECIPE_DEFAULTS, check_flags, check_given, given_flags
 from training.launch import check_data_parallel, machine_defaults
 from training.plan import planned_stages, stage_steps, stage_tasks, trains_anchor_module
-from training.streaming import Passes, StreamPosition, has_rows, process_share
+from training.streaming import Passes, StreamPosition, process_share, tasks_found
 from training.report import write_model_card, write_loss_curve
 
 # TRL 1.16 reads `model.is_gradient_checkpointing`, which transformers 5 deprecates: a warning in every LoRA run that
@@ -335,11 +335,14 @@ def check_plan(stages: tuple[int, ...], model, dataset, args: FusarArguments, mo
         raise ValueError("LoRA under FSDP or DeepSpeed ZeRO-3 is not supported: merging it between the stages needs "
                          "whole weights, and the LoRA recipes fit one GPU per process (README, On GPUs); launch them "
                          "with configs/accelerate/multi_gpu.yaml or deepspeed_zero2.yaml")
-    present = None if args.dataset_streaming else set(dataset["train"].unique("task"))  # a stream is not read twice
+    if args.dataset_streaming:  # read until each stage has a row, not whole
+        present = tasks_found(dataset["train"], [stage_tasks(stage, args) for stage in stages])
+    else:
+        present = set(dataset["train"].unique("task"))
     for stage in stages:
         tasks = stage_tasks(stage, args)
-        if not (has_rows(dataset["train"], tasks) if present is None else present & set(tasks)):
-            its_tasks = "" if present is None else f" (its tasks: {', '.join(sorted(present))})"
+        if not present & set(tasks):
+            its_tasks = f" (its tasks: {', '.join(sorted(present))})"  # a stream lacking one was read whole
             raise ValueError(
                 f"stage {stage}: the dataset has no {'/'.join(tasks)} rows to train on{its_tasks}; choose "
                 f"--stage{stage}_tasks from its tasks" + ("" if stage == 2 else ", or run --stage 2 "

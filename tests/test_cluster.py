@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from test_streaming import free_port
 from test_training import FAST, ROOT, optimizer_steps, simulated  # noqa: F401  (a fixture)
 
 SBATCH = ROOT / "configs" / "slurm" / "train.sbatch"
@@ -22,9 +23,9 @@ def training(output: Path, data: Path) -> list[str]:
 def test_two_torchrun_agents_as_two_nodes_train_one_data_parallel_run(simulated, tmp_path):
     """`--nnodes 2 --node_rank 0/1`, rendezvous on 127.0.0.1, one process each: 16 rows at batch 4 per process are
     2 optimizer steps (one process alone: 4)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env, port = dict(os.environ, OMP_NUM_THREADS="1"), free_port()
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
-                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", "29551",
+                               "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
                                str(ROOT / "train_sft.py"), *training(tmp_path / "out", simulated)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
              for rank in (0, 1)]
@@ -103,7 +104,7 @@ def test_the_slurm_script_trains_on_two_nodes_of_this_machine(simulated, tmp_pat
     """The same script with the real accelerate, the CPU config and one process per node: one data-parallel run
     over both "nodes" (half the optimizer steps of one process)."""
     env = fake_cluster(tmp_path / "bin")
-    env.update(ACCELERATE_CONFIG="configs/accelerate/cpu_ddp.yaml", GPUS_PER_NODE="1", MAIN_PROCESS_PORT="29552")
+    env.update(ACCELERATE_CONFIG="configs/accelerate/cpu_ddp.yaml", GPUS_PER_NODE="1", MAIN_PROCESS_PORT=str(free_port()))
     done = sbatch(env, *training(tmp_path / "out", simulated))
     assert done.returncode == 0, done.stderr[-4000:]
     assert optimizer_steps(tmp_path / "out") == 2

@@ -11,6 +11,7 @@ import datasets
 from huggingface_hub import HfApi, ModelCard
 
 from test_cluster import fake_cluster
+from test_streaming import free_port
 from test_harvest import replica, sources  # noqa: F401  (fixtures)
 from test_training import ROOT
 
@@ -34,7 +35,7 @@ def test_the_readme_path_from_a_hub_harvest_to_a_published_model_runs_at_tiny_sc
                              str(tmp_path / "aef-cache"), "--chip-size 256 --max-chips 12 --start 2021-01-01 --split train"]),
         "TRAIN": "--config configs/tiny_cpu.yaml --max_steps 2 --per_device_train_batch_size 2 --tiny_hidden_size 64",
         "EVAL": "--split train --limit 8 --batch-size 4 --max-new-tokens 8",  # the replicas: two grid cells
-        "EVAL_LAUNCH": "--config_file configs/accelerate/cpu_ddp.yaml --num_processes 2 --main_process_port 29562",
+        "EVAL_LAUNCH": f"--config_file configs/accelerate/cpu_ddp.yaml --num_processes 2 --main_process_port {free_port()}",
     }
     work = tmp_path / "work"
     work.mkdir()
@@ -42,7 +43,7 @@ def test_the_readme_path_from_a_hub_harvest_to_a_published_model_runs_at_tiny_sc
     env = fake_cluster(tmp_path / "bin")
     (tmp_path / "bin" / "sbatch").write_text('#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nexec bash "$@"\n')
     (tmp_path / "bin" / "sbatch").chmod(0o755)
-    env.update(ACCELERATE_CONFIG="configs/accelerate/cpu_ddp.yaml", GPUS_PER_NODE="1", MAIN_PROCESS_PORT="29561")
+    env.update(ACCELERATE_CONFIG="configs/accelerate/cpu_ddp.yaml", GPUS_PER_NODE="1", MAIN_PROCESS_PORT=str(free_port()))
     script = "".join(f"{name}={json.dumps(value)}\n" for name, value in tiny.items()) + commands
     done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, env=env, cwd=work,
                           timeout=900)

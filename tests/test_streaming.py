@@ -4,6 +4,7 @@ resumes at the example where it stopped."""
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,14 +25,24 @@ TINY = ["--stage", "1", "--per_device_train_batch_size", str(BATCH), "--report_t
 
 
 @pytest.fixture(scope="module")
-def captions(tmp_path_factory) -> datasets.DatasetDict:
-    folder = simulate(tmp_path_factory.mktemp("data") / "sim", scenes=16)
-    train = datasets.load_dataset(str(folder), split="train").filter(lambda task: task == "caption", input_columns="task")
+def data(tmp_path_factory) -> Path:
+    return simulate(tmp_path_factory.mktemp("data") / "sim", scenes=16)
+
+
+@pytest.fixture(scope="module")
+def captions(data) -> datasets.DatasetDict:
+    train = datasets.load_dataset(str(data), split="train").filter(lambda task: task == "caption", input_columns="task")
     return datasets.DatasetDict({"train": train.select(range(CAPTIONS))})
 
 
-def train_two_processes(output: Path, record: Path, *options, stop: int = 0, port: int) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def train_two_processes(output: Path, record: Path, *options, stop: int = 0) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(ROOT / "tests" / "stream_worker.py"), str(record), str(stop), "--output_dir", str(output), *TINY,
                *options]
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
@@ -48,7 +59,7 @@ def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resum
     flags = ["--dataset_name", "user/sar-stream", "--dataset_streaming", "true", "--max_steps", "6",
              "--save_strategy", "steps", "--save_steps", "4"]
 
-    whole = train_two_processes(tmp_path / "whole", tmp_path / "whole-ids", *flags, port=29541)
+    whole = train_two_processes(tmp_path / "whole", tmp_path / "whole-ids", *flags)
     assert whole.returncode == 0, whole.stderr[-4000:]
     seen = {rank: batches(tmp_path / "whole-ids", rank) for rank in (0, 1)}
     assert all(len(seen[rank]) == 6 and all(len(batch) == BATCH for batch in seen[rank]) for rank in (0, 1))
@@ -61,23 +72,22 @@ def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resum
     losses = [entry["loss"] for entry in run["history"] if "loss" in entry]
     assert len(losses) == 6 and losses[-1] < losses[0]
 
-    killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4, port=29542)
+    killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4)
     assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists()
     position = json.loads((tmp_path / "run" / "stage1" / "checkpoint-4" / "stream_position_1.json").read_text())
     assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2}  # one step into the second pass
 
     resumed = train_two_processes(tmp_path / "run", tmp_path / "resumed-ids", *flags, "--resume_from_checkpoint",
-                                  "true", port=29543)
+                                  "true")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
     for rank in (0, 1):
         assert batches(tmp_path / "killed-ids", rank) == seen[rank][:4]
         assert batches(tmp_path / "resumed-ids", rank) == seen[rank][4:]  # the step an uninterrupted run took next
 
 
-def test_local_parquet_shards_stream_through_both_stages_in_one_process(tmp_path):
+def test_local_parquet_shards_stream_through_both_stages_in_one_process(data, tmp_path):
     """The shell's view: `fusar-train --dataset_streaming true` on a dataset folder, each stage its own steps
     (--max_steps, --stage2_max_steps), validated on the validation split; a checkpoint records where the stream was."""
-    data = simulate(tmp_path / "sim", scenes=16)
     command = [str(Path(sys.executable).with_name("fusar-train")), "--dataset_name", str(data), "--dataset_streaming",
                "true", "--max_steps", "2", "--output_dir", str(tmp_path / "out"), *TINY[2:], "--stage", "both",
                "--stage2_learning_rate", "0.01", "--stage2_max_steps", "1", "--eval_strategy", "steps", "--eval_steps", "1",
@@ -156,10 +166,9 @@ def test_a_checkpoint_without_every_process_s_stream_position_is_skipped_for_the
     assert not list(tmp_path.glob("*/*.part"))  # each position written whole, then renamed
 
 
-def test_a_stage_stopped_after_its_last_checkpoint_is_not_trained_one_step_more(tmp_path, capsys):
+def test_a_stage_stopped_after_its_last_checkpoint_is_not_trained_one_step_more(data, tmp_path):
     """Killed between the stage's last checkpoint and its end, then resumed: the Trainer alone would train step
     max_steps + 1 (a stream has no length, so it starts another epoch)."""
-    data = simulate(tmp_path / "sim", scenes=16)
     options = ["--dataset_name", str(data), "--dataset_streaming", "true", "--max_steps", "2", "--save_strategy",
                "steps", "--save_steps", "2", "--output_dir", str(tmp_path / "out"), *TINY]
     assert train_sft.cli(options) == 0
@@ -168,3 +177,11 @@ def test_a_stage_stopped_after_its_last_checkpoint_is_not_trained_one_step_more(
     history = json.loads((tmp_path / "out" / "fusar_run.json").read_text())["history"]
     assert max(entry["step"] for entry in history) == 2 and not (tmp_path / "out" / "stage1" / "checkpoint-3").exists()
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == trained  # the checkpoint's weights, as they were
+
+
+def test_a_stage_without_rows_in_the_stream_is_refused_before_any_folder_exists(data, tmp_path, capsys):
+    status = train_sft.cli(["--dataset_name", str(data), "--dataset_streaming", "true", "--max_steps", "1",
+                            "--stage2_tasks", "vqa", "--output_dir", str(tmp_path / "out"), *TINY[2:]])
+    assert status == 2 and "stage 2: the dataset has no vqa rows to train on (its tasks: caption, classification, " \
+                           "counting, detection, landcover, localization)" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -29,10 +29,15 @@ def process_share(split: datasets.IterableDataset, tasks: tuple[str, ...], seed:
     return split_dataset_by_node(rows.shuffle(seed=seed, buffer_size=buffer_size), rank=rank, world_size=world_size)
 
 
-def has_rows(split: datasets.IterableDataset, tasks: tuple[str, ...]) -> bool:
-    """Whether any row of `split` has one of `tasks` (reads until the first one: the whole split when none has)."""
-    rows = split.select_columns(["task"]).filter(lambda task: task in tasks, input_columns="task")
-    return next(iter(rows), None) is not None
+def tasks_found(split: datasets.IterableDataset, wanted: list[tuple[str, ...]]) -> set[str]:
+    """The tasks of `split`'s rows read until each group of `wanted` has a row (all of it when one has none): one
+    reader for every stage, since each reader a stream stops costs datasets' pause (README, Development)."""
+    found: set[str] = set()
+    for row in split.select_columns(["task"]):
+        found.add(row["task"])
+        if all(found & set(tasks) for tasks in wanted):
+            break
+    return found
 
 
 @dataclass
