@@ -56,7 +56,7 @@ class FusarArguments:
     dataset_name: str = field(default="outputs/simulated", metadata={"help": "triplet dataset: local folder or Hub id"})
     dataset_streaming: bool = field(default=False, metadata={
         "help": "TRL's flag: read the dataset as it trains (Hub id or local parquet shards), each process its own "
-                "shards; each stage then runs --max_steps steps"})
+                "shards; each stage then runs by steps (--max_steps, --stage1_max_steps, --stage2_max_steps)"})
     dataset_shuffle_buffer: int = field(default=1000, metadata={
         "help": "rows in the shuffle buffer of a streamed dataset (reseeded every pass)"})
     stage: str = field(default="both", metadata={"help": "1, 2 or both", "choices": ["1", "2", "both"]})
@@ -65,9 +65,9 @@ class FusarArguments:
     stage2_epochs: float = 5.0
     stage2_learning_rate: float = 1e-5
     stage1_max_steps: int | None = field(default=None, metadata={
-        "help": "optimizer steps of stage 1, over its epochs (default: --max_steps, which applies to each stage)"})
+        "help": "optimizer steps of stage 1, instead of its epochs (default: --max_steps, for each stage)"})
     stage2_max_steps: int | None = field(default=None, metadata={
-        "help": "optimizer steps of stage 2, over its epochs (default: --max_steps, which applies to each stage)"})
+        "help": "optimizer steps of stage 2, instead of its epochs (default: --max_steps, for each stage)"})
     stage1_tasks: list[str] = field(default_factory=lambda: ["caption"], metadata={
         "help": "tasks whose rows feed stage 1 (knowledge injection; the paper: captions)"})
     stage2_tasks: list[str] | None = field(default=None, metadata={
@@ -394,18 +394,19 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     """Train one stage; `source` is where its weights were loaded from (a quantised run reloads it in full
     precision to merge into)."""
     tasks = stage_tasks(stage, args)
+    stage_dir = str(Path(training_args.output_dir) / f"stage{stage}")
+    checkpoint = resume_point(training_args.resume_from_checkpoint, stage_dir)
     stream_start = None
     if args.dataset_streaming:
         train = process_share(dataset["train"], tasks, training_args.seed, args.dataset_shuffle_buffer,
                               training_args.process_index, training_args.world_size)
-        stream_start = stream_position(training_args, resume_point(training_args.resume_from_checkpoint,
-                                                                   str(Path(training_args.output_dir) / f"stage{stage}")))
+        stream_start = stream_position(training_args, checkpoint)
     else:
         train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
     if args.max_train_examples:
         train = train.select(range(min(args.max_train_examples, len(train))))
     stage_args = dataclasses.replace(
-        training_args, output_dir=str(Path(training_args.output_dir) / f"stage{stage}"),
+        training_args, output_dir=stage_dir,
         num_train_epochs=getattr(args, f"stage{stage}_epochs"), learning_rate=getattr(args, f"stage{stage}_learning_rate"),
         max_steps=stage_steps(stage, args, training_args),
         remove_unused_columns=False, dataset_kwargs={"skip_prepare_dataset": True}, push_to_hub=False,
@@ -430,10 +431,9 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
                               data_collator=collator(processor, args, training_args))
     if lora is not None and not trains_anchor_module(stage, args):
         trainer.model.base_model.model.anchor_module.requires_grad_(False)
-    checkpoint = resume_point(training_args.resume_from_checkpoint, stage_args.output_dir)
     try:
         if checkpoint is not None and finished(checkpoint):  # resumed, the Trainer would train one step more
-            trainer._load_from_checkpoint(checkpoint)
+            trainer._load_from_checkpoint(checkpoint)  # the Trainer's own loader: whole weights or adapter
             trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
         else:
             trainer.train(resume_from_checkpoint=checkpoint)

@@ -15,7 +15,7 @@ import pytest
 import train_sft
 
 from dataset_scripts.simulate import simulate
-from training.streaming import Passes, StreamPosition
+from training.streaming import Passes, StreamPosition, process_share
 
 ROOT = Path(__file__).resolve().parents[1]
 CAPTIONS, SHARDS, BATCH = 12, 4, 2  # per pass, each of 2 processes reads 2 shards of 3 rows: 3 steps of 2 rows
@@ -55,34 +55,37 @@ def batches(record: Path, rank: int) -> list[list[str]]:
 
 def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resumes_at_the_same_example(
         captions, local_hub, tmp_path):
+    """Killed right after its step-4 checkpoint (one step into the second pass) and resumed: each process trains the
+    batches an uninterrupted run would (datasets' own order of its share in each pass), and in each pass the two
+    processes read disjoint rows that together are every row once."""
     captions.push_to_hub("user/sar-stream", num_shards={"train": SHARDS})
     flags = ["--dataset_name", "user/sar-stream", "--dataset_streaming", "true", "--max_steps", "6",
              "--save_strategy", "steps", "--save_steps", "4"]
-
-    whole = train_two_processes(tmp_path / "whole", tmp_path / "whole-ids", *flags)
-    assert whole.returncode == 0, whole.stderr[-4000:]
-    seen = {rank: batches(tmp_path / "whole-ids", rank) for rank in (0, 1)}
-    assert all(len(seen[rank]) == 6 and all(len(batch) == BATCH for batch in seen[rank]) for rank in (0, 1))
-    passes = [{rank: [row for batch in seen[rank][steps] for row in batch] for rank in (0, 1)}
-              for steps in (slice(0, 3), slice(3, 6))]
-    for rows in passes:
-        assert not set(rows[0]) & set(rows[1])  # each process its own rows...
-        assert sorted(rows[0] + rows[1]) == sorted(captions["train"]["id"])  # ...and together every row once
-    run = json.loads((tmp_path / "whole" / "fusar_run.json").read_text())
-    losses = [entry["loss"] for entry in run["history"] if "loss" in entry]
-    assert len(losses) == 6 and losses[-1] < losses[0]
-
     killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4)
     assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists()
     position = json.loads((tmp_path / "run" / "stage1" / "checkpoint-4" / "stream_position_1.json").read_text())
-    assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2}  # one step into the second pass
-
+    assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2}
     resumed = train_two_processes(tmp_path / "run", tmp_path / "resumed-ids", *flags, "--resume_from_checkpoint",
                                   "true")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
+
+    stream = datasets.load_dataset("user/sar-stream", split="train", streaming=True)
     for rank in (0, 1):
-        assert batches(tmp_path / "killed-ids", rank) == seen[rank][:4]
-        assert batches(tmp_path / "resumed-ids", rank) == seen[rank][4:]  # the step an uninterrupted run took next
+        trained = batches(tmp_path / "killed-ids", rank) + batches(tmp_path / "resumed-ids", rank)
+        share = process_share(stream, ("caption",), 42, 4, rank, 2)  # fusar-train's seed and --dataset_shuffle_buffer
+        uninterrupted = []
+        for number in (0, 1):
+            share.set_epoch(number)
+            uninterrupted += [row["id"] for row in share]
+        assert trained == [uninterrupted[i:i + BATCH] for i in range(0, 12, BATCH)]
+    passes = [{rank: [row for batch in (batches(tmp_path / "killed-ids", rank) + batches(tmp_path / "resumed-ids",
+                                                                                        rank))[steps] for row in batch]
+               for rank in (0, 1)} for steps in (slice(0, 3), slice(3, 6))]
+    for rows in passes:
+        assert not set(rows[0]) & set(rows[1])  # each process its own rows...
+        assert sorted(rows[0] + rows[1]) == sorted(captions["train"]["id"])  # ...and together every row once
+    losses = [e["loss"] for e in json.loads((tmp_path / "run" / "fusar_run.json").read_text())["history"] if "loss" in e]
+    assert len(losses) == 6 and losses[-1] < losses[0]
 
 
 def test_local_parquet_shards_stream_through_both_stages_in_one_process(data, tmp_path):
