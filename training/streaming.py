@@ -4,9 +4,9 @@ are trained on, never whole on this disk.
 Each process reads its own share (`datasets.distributed.split_dataset_by_node`: whole shards when their number
 divides among the processes, else every N-th row), through a buffer shuffle that datasets reseeds every pass
 (`set_epoch`). The Trainer's data loader reads `Passes`: one process's share pass after pass, without end, so every
-batch is whole, a stage runs by `--max_steps`, and the position after S steps is S x accumulation x batch examples.
-Each checkpoint records that position with the lengths of the passes it spans (`stream_position_<rank>.json`,
-beside the Trainer's `rng_state_<rank>.pth`); a resumed run starts at the same example. datasets' own `state_dict`
+batch is whole and a stage runs by steps. Each checkpoint records how many examples the loader handed out, with the
+lengths of the passes they span (`stream_position_<rank>.json`, beside the Trainer's `rng_state_<rank>.pth`); a
+resumed run starts at the next example. datasets' own `state_dict`
 cannot give that: it loses the shuffle buffer (its docs), so the resumed stream would differ. Here the pass is read
 again up to the position instead: no training, no collation, one pass of reading at most.
 """
