@@ -400,7 +400,9 @@ def run_stage(stage: int, model, processor, dataset, args: FusarArguments, train
     if args.dataset_streaming:
         train = process_share(dataset["train"], tasks, training_args.seed, args.dataset_shuffle_buffer,
                               training_args.process_index, training_args.world_size)
-        stream_start = stream_position(training_args, checkpoint)
+        recipe = {"dataset_name": args.dataset_name, "tasks": list(tasks), "seed": training_args.seed,
+                  "dataset_shuffle_buffer": args.dataset_shuffle_buffer}
+        stream_start = stream_position(training_args, checkpoint, recipe)
     else:
         train = dataset["train"].filter(lambda task: task in tasks, input_columns="task")
     if args.max_train_examples:
@@ -456,12 +458,12 @@ def finished(checkpoint: str) -> bool:
     return state.max_steps > 0 and state.global_step >= state.max_steps
 
 
-def stream_position(training_args: SFTConfig, checkpoint: str | None) -> StreamPosition:
+def stream_position(training_args: SFTConfig, checkpoint: str | None, recipe: dict) -> StreamPosition:
     """Where this process starts reading a streamed stage: where `checkpoint` stopped, else at the start."""
     rank, world_size = training_args.process_index, training_args.world_size
     if checkpoint is None or training_args.ignore_data_skip:
-        return StreamPosition(rank=rank, world_size=world_size)
-    return StreamPosition.load(checkpoint, rank, world_size)
+        return StreamPosition(rank=rank, world_size=world_size, recipe=recipe)
+    return StreamPosition.load(checkpoint, rank, world_size, recipe)
 
 
 def collator(processor, args: FusarArguments, training_args: SFTConfig) -> FusarDataCollator:

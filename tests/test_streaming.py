@@ -64,7 +64,8 @@ def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resum
     killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4)
     assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists()
     position = json.loads((tmp_path / "run" / "stage1" / "checkpoint-4" / "stream_position_1.json").read_text())
-    assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2}
+    assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2, "recipe": {
+        "dataset_name": "user/sar-stream", "tasks": ["caption"], "seed": 42, "dataset_shuffle_buffer": 4}}
     resumed = train_two_processes(tmp_path / "run", tmp_path / "resumed-ids", *flags, "--resume_from_checkpoint",
                                   "true")
     assert resumed.returncode == 0, resumed.stderr[-4000:]
@@ -139,12 +140,15 @@ def test_each_pass_is_reshuffled_and_a_position_resumes_at_its_example():
     ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1, "extra": 1}, "no readable stream_position_0.json"),
     ({"examples": 8, "passes": 6, "rank": 0, "world_size": 1}, "expected process 0's counts of examples"),
     ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1.0}, "expected process 0's counts of examples"),
+    ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1, "recipe": 5}, "expected process 0's counts"),
+    ({"examples": 8, "passes": [6], "rank": 0, "world_size": 1, "recipe": {"seed": 42, "tasks": ["caption"]}},
+     "the stream was read with seed 42 (now 7); resume with the same, or start a new run"),
 ])
 def test_a_missing_edited_or_foreign_stream_position_is_refused_in_one_line(saved, message, tmp_path):
     if saved is not None:
         (tmp_path / "stream_position_0.json").write_text(saved if isinstance(saved, str) else json.dumps(saved))
     with pytest.raises(ValueError, match=re.escape(message)):
-        StreamPosition.load(tmp_path, rank=0, world_size=1)
+        StreamPosition.load(tmp_path, rank=0, world_size=1, recipe={"seed": 7, "tasks": ["caption"]})
 
 
 def test_a_streamed_dataset_without_the_triplet_columns_is_refused_before_training(tmp_path):

@@ -42,12 +42,14 @@ def tasks_found(split: datasets.IterableDataset, wanted: list[tuple[str, ...]]) 
 
 @dataclass
 class StreamPosition:
-    """How far one process has read: `examples` taken since the start, and the lengths of the passes it spans."""
+    """How far one process has read: `examples` taken since the start, and the lengths of the passes it spans, in the
+    stream that `recipe` makes (dataset, tasks, seed, shuffle buffer: with others, the same count is other rows)."""
 
     examples: int = 0
     passes: list[int] = field(default_factory=list)
     rank: int = 0
     world_size: int = 1
+    recipe: dict = field(default_factory=dict)
 
     def locate(self) -> tuple[int, int]:
         """(pass, examples into it) of the next example."""
@@ -65,7 +67,7 @@ class StreamPosition:
         path.with_suffix(".part").replace(path)
 
     @classmethod
-    def load(cls, checkpoint: str | Path, rank: int, world_size: int) -> "StreamPosition":
+    def load(cls, checkpoint: str | Path, rank: int, world_size: int, recipe: dict | None = None) -> "StreamPosition":
         """This process's position in `checkpoint`; a ValueError when it is missing or from another process count
         (each process's share depends on how many there are)."""
         path = Path(checkpoint, f"stream_position_{rank}.json")
@@ -77,12 +79,18 @@ class StreamPosition:
         counts = [position.examples, position.rank, position.world_size,
                   *(position.passes if isinstance(position.passes, list) else [None])]
         if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or 0 in position.passes \
-                or position.rank != rank:
+                or position.rank != rank or not isinstance(position.recipe, dict):
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: {path.name} holds {asdict(position)}; expected "
                              f"process {rank}'s counts of examples (whole numbers, passes above 0)")
         if position.world_size != world_size:
             raise ValueError(f"--resume_from_checkpoint {checkpoint}: saved by {position.world_size} processes, resumed "
                              f"by {world_size}; a streamed run resumes with the same number of processes")
+        changed = {key: (position.recipe.get(key), value) for key, value in (recipe or {}).items()
+                   if position.recipe.get(key) != value}
+        if changed:
+            raise ValueError(f"--resume_from_checkpoint {checkpoint}: the stream was read with "
+                             + ", ".join(f"{key} {saved!r} (now {now!r})" for key, (saved, now) in changed.items())
+                             + "; resume with the same, or start a new run")
         return position
 
 
@@ -117,4 +125,4 @@ class Passes(torch.utils.data.IterableDataset):
 
     def position(self) -> StreamPosition:
         return StreamPosition(self.start.examples + self.taken, list(self.lengths), self.start.rank,
-                              self.start.world_size)
+                              self.start.world_size, self.start.recipe)
