@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+import torch
 from transformers import TrainerCallback
 
 import train_sft
@@ -21,8 +22,10 @@ def recorded(self, examples):
 
 
 class StopAfterSaving(TrainerCallback):
-    def on_save(self, args, state, control, **kwargs):  # called once trainer_state.json, written last, is there
+    def on_save(self, args, state, control, **kwargs):  # on each process once its part of the checkpoint is saved
         if state.global_step == int(stop):
+            if torch.distributed.is_initialized():  # the main process writes trainer_state.json last: the others
+                torch.distributed.barrier()  # wait for it, or their exit would have the launcher kill it first
             os._exit(3)  # as a kill would: no clean-up
 
 

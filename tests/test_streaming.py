@@ -62,7 +62,8 @@ def test_a_streamed_hub_dataset_is_read_once_per_pass_across_processes_and_resum
     flags = ["--dataset_name", "user/sar-stream", "--dataset_streaming", "true", "--max_steps", "6",
              "--save_strategy", "steps", "--save_steps", "4"]
     killed = train_two_processes(tmp_path / "run", tmp_path / "killed-ids", *flags, stop=4)
-    assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists()
+    assert killed.returncode != 0 and (tmp_path / "run" / "stage1" / "checkpoint-4" / "trainer_state.json").exists(), \
+        killed.stderr[-4000:]
     position = json.loads((tmp_path / "run" / "stage1" / "checkpoint-4" / "stream_position_1.json").read_text())
     assert position == {"examples": 8, "passes": [6], "rank": 1, "world_size": 2, "recipe": {
         "dataset_name": "user/sar-stream", "tasks": ["caption"], "seed": 42, "dataset_shuffle_buffer": 4}}
